@@ -1,0 +1,148 @@
+"""Benchmark of HF <-> elama conversion on a generated ~1B-parameter bf16 Llama (500 MB shards):
+import and export time vs the safetensors I/O floor of the same run, and peak RSS above each
+process's baseline vs the model's size in bytes. The export is checked bitwise against the source.
+Usage: python bench/convert.py [--workdir DIR] [--keep]"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hfgen import llama_config, param_count, write_random_llama  # bench/ is the script's directory
+
+SHARD_BYTES = 500 * 10**6
+# Each run is a fresh subprocess started after a sync, inputs in the page cache, no output on disk.
+# Floor and conversions alternate; each conversion's ratio is against the mean floor.
+ORDER = ["floor", "import", "export", "floor", "import", "export", "floor"]
+
+
+def _rss_kib(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) of this process (not ru_maxrss, which Linux carries across
+    exec from the parent)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def _worker_floor(work: Path, out: Path) -> dict:
+    """safetensors reading the HF inputs once and writing the same bytes once."""
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir()
+    start = time.perf_counter()
+    for i, shard in enumerate(sorted((work / "hf").glob("*.safetensors"))):
+        # pread, not mmap: a lazily mapped file is not read
+        save_file(load_file(shard, backend="pread"), out / f"out-{i:05d}.safetensors",
+                  metadata={"format": "pt"})
+    return {"seconds": time.perf_counter() - start}
+
+
+def _worker_import(work: Path, out: Path) -> dict:
+    from elama.convert.import_hf import import_hf
+
+    baseline = _rss_kib("VmRSS") * 1024
+    start = time.perf_counter()
+    import_hf(work / "hf", out, progress=False)
+    return {"seconds": time.perf_counter() - start, "baseline_rss": baseline,
+            "peak_rss": _rss_kib("VmHWM") * 1024}
+
+
+def _worker_export(work: Path, out: Path) -> dict:
+    from elama.convert.export_hf import export_hf
+
+    baseline = _rss_kib("VmRSS") * 1024
+    start = time.perf_counter()
+    # The bench model's 32k vocabulary is not Llama 3's: weights and configs only.
+    export_hf(work / "elama", out, with_tokenizer=False, max_shard_bytes=SHARD_BYTES, progress=False)
+    return {"seconds": time.perf_counter() - start, "baseline_rss": baseline,
+            "peak_rss": _rss_kib("VmHWM") * 1024}
+
+
+WORKERS = {"floor": _worker_floor, "import": _worker_import, "export": _worker_export}
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _run(kind: str, work: Path, out: Path, keep: bool = False) -> dict:
+    os.sync()  # no dirty pages from the previous run left to write back during this one
+    proc = subprocess.run([sys.executable, __file__, "--worker", kind, str(work), str(out)],
+                          check=True, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["out_bytes"] = _dir_bytes(out)
+    if not keep:
+        shutil.rmtree(out)
+    return result
+
+
+def _check_bitwise(a_dir: Path, b_dir: Path) -> int:
+    import torch
+
+    from elama.convert.hf import HFCheckpointReader
+
+    with HFCheckpointReader(a_dir) as a, HFCheckpointReader(b_dir) as b:
+        if sorted(a.names()) != sorted(b.names()):
+            raise SystemExit("exported tensor names differ from the source's")
+        for name in a.names():
+            if not torch.equal(a.get(name), b.get(name)):
+                raise SystemExit(f"exported {name} differs from the source")
+        return len(a)
+
+
+def _bench(work: Path) -> None:
+    start = time.perf_counter()
+    hf = write_random_llama(work / "hf", seed=0, max_shard_bytes=SHARD_BYTES)
+    model_bytes = _dir_bytes(hf) - (hf / "config.json").stat().st_size
+    shards = sorted(hf.glob("*.safetensors"))
+    print(f"generated {param_count(llama_config()) / 1e9:.3f}B parameters, bf16, {len(shards)} "
+          f"shards ({model_bytes / 1e9:.3f} GB) in {time.perf_counter() - start:.1f} s")
+    # The checkpoint every export reads, and a check that import + export is bitwise.
+    _run("import", work, work / "elama", keep=True)
+    _run("export", work, work / "hf_out", keep=True)
+    print(f"import + export bitwise identical to the source: {_check_bitwise(hf, work / 'hf_out')} "
+          f"tensors; checkpoint {_dir_bytes(work / 'elama') / 1e9:.3f} GB")
+    shutil.rmtree(work / "hf_out")
+    runs = [(kind, _run(kind, work, work / f"run{i}")) for i, kind in enumerate(ORDER)]
+    for kind, r in runs:
+        rss = f", peak RSS +{(r['peak_rss'] - r['baseline_rss']) / 1e6:.0f} MB" if kind != "floor" else ""
+        print(f"{kind}: {r['seconds']:.2f} s, wrote {r['out_bytes'] / 1e9:.3f} GB{rss}")
+    secs = {k: [r["seconds"] for kind, r in runs if kind == k] for k in WORKERS}
+    floor = statistics.mean(secs["floor"])
+    rss = {k: max(r["peak_rss"] - r["baseline_rss"] for kind, r in runs if kind == k)
+           for k in ("import", "export")}
+    print(f"I/O floor (read {model_bytes / 1e9:.3f} GB + write the same): {floor:.2f} s "
+          f"(runs {', '.join(f'{s:.2f}' for s in secs['floor'])})")
+    print(f"import_time_vs_io_floor: {max(secs['import']) / floor:.3f} (goal <= 2.0)")
+    print(f"export_time_vs_io_floor: {max(secs['export']) / floor:.3f} (goal <= 2.0)")
+    print(f"import_peak_rss_vs_model_bytes: {rss['import'] / model_bytes:.3f} (goal <= 1.25)")
+    print(f"export_peak_rss_vs_model_bytes: {rss['export'] / model_bytes:.3f} (goal <= 0.5)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--workdir", help="where to put ~8 GB of checkpoints (default: the temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
+    p.add_argument("--worker", nargs=3, metavar=("KIND", "WORK", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        kind, work, out = args.worker
+        print(json.dumps(WORKERS[kind](Path(work), Path(out))))
+        return
+    work = Path(tempfile.mkdtemp(prefix="elama-bench-convert-", dir=args.workdir))
+    try:
+        _bench(work)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

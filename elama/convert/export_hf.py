@@ -1,0 +1,164 @@
+"""elama checkpoint (trainer or converted; any tp/pp it was saved with) -> Hugging Face Llama 3.1
+directory: sharded safetensors + index, config.json, generation_config.json, tokenizer files.
+
+Streamed one tensor group at a time (the embedding, each layer, the final norm, the output layer)
+straight from the distributed checkpoint's files, so memory holds one layer, never the model.
+No process groups and no model are needed.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from elama import checkpoint
+from elama.config import ModelConfig
+from elama.convert.dist_reader import DistCheckpointReader
+from elama.convert.hf import (DEFAULT_MAX_SHARD_BYTES, ShardedSafetensorsWriter, check_output_dir,
+                              staged_output_dir, write_json)
+from elama.convert.mapping import (DTYPE_NAMES, LLAMA3_BOS_ID, LLAMA3_EOS_ID, ConversionError,
+                                   TensorEntry, build_name_table, groups, hf_config_from_model)
+
+logger = logging.getLogger(__name__)
+
+# Meta's Llama 3.1 sampling defaults; generation stops at any of the end markers a base or an
+# instruction-tuned model emits (<|end_of_text|>, <|eom_id|>, <|eot_id|>).
+GENERATION_DEFAULTS = {"do_sample": True, "temperature": 0.6, "top_p": 0.9}
+END_TOKENS = ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out_dir: Path
+    model: ModelConfig
+    tensors_written: int
+    """HF tensors written."""
+    bytes_written: int
+    """Weight bytes in the safetensors shards."""
+    files: tuple[str, ...]
+    seconds: float
+
+
+def check_checkpoint_tensors(reader: DistCheckpointReader, m: ModelConfig) -> torch.dtype:
+    """Every key, shape and dtype checked against the model before any tensor moves; returns the
+    weights' dtype."""
+    problems, dtypes = [], set()
+    # Layer tensors are stacked along a leading axis of num_layers.
+    expected = {e.ckpt_key: e.shape if e.layer is None else (m.num_layers, *e.shape)
+                for e in build_name_table(m)}
+    for key, shape in expected.items():
+        if key not in reader.tensors:
+            problems.append(f"tensor {key} is missing")
+        elif reader.shape(key) != shape:
+            problems.append(f"tensor {key} has shape {list(reader.shape(key))}, the model in "
+                            f"meta.json implies {list(shape)}")
+        else:
+            dtypes.add(reader.dtype(key))
+    unknown = sorted(set(reader.tensors) - set(expected))
+    if unknown:
+        problems.append(f"tensors the model does not have: {unknown[:5]}")
+    if len(dtypes) > 1:
+        problems.append(f"weights mix dtypes {sorted(map(str, dtypes))}")
+    if problems:
+        raise ConversionError(str(reader.path), problems)
+    return dtypes.pop()
+
+
+def _load_tokenizer(path: str | None, m: ModelConfig):
+    from elama.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(path)
+    if tokenizer.vocab_size > m.vocab_size:
+        raise ConversionError(tokenizer.model_path, [
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+            f"{m.vocab_size}: pass the model's own tokenizer.model, or export without tokenizer"])
+    return tokenizer
+
+
+def _read_group(reader: DistCheckpointReader, entries: list[TensorEntry]) -> dict[str, torch.Tensor]:
+    """One group's megatron tensors, each read once (a layer's tensors in one request)."""
+    layer = entries[0].layer
+    keys = [e.ckpt_key for e in entries]
+    return reader.read_whole(keys) if layer is None else reader.read_layer(keys, layer)
+
+
+def _write_weights(reader: DistCheckpointReader, table: list[TensorEntry], m: ModelConfig,
+                   out: Path, dtype: torch.dtype, max_shard_bytes: int, progress: bool) -> dict:
+    writer = ShardedSafetensorsWriter(out, max_shard_bytes)
+    writer.plan((name, shape, dtype) for e in table for name, shape in zip(e.hf, e.hf_shapes))
+    bar = tqdm(total=sum(e.numel for e in table) * dtype.itemsize, unit="B", unit_scale=True,
+               desc="export", disable=not progress)
+    try:
+        for group, entries in groups(table):
+            bar.set_postfix_str(group)
+            loaded = _read_group(reader, entries)
+            for e in entries:
+                for name, tensor in zip(e.hf, e.transform.to_hf(loaded.pop(e.ckpt_key), m)):
+                    writer.add(name, tensor.to(dtype))
+            bar.update(sum(e.numel for e in entries) * dtype.itemsize)
+        return writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+
+
+def export_hf(ckpt: str | Path, out: str | Path, *, dtype: torch.dtype | None = None,
+              tokenizer_path: str | None = None, with_tokenizer: bool = True,
+              max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, force: bool = False,
+              progress: bool = True) -> ExportResult:
+    """Convert an elama checkpoint (run directory or iter_NNNNNNN) into the HF directory out.
+
+    dtype: of the written weights (default: the checkpoint's). tokenizer_path: the Llama 3
+    tokenizer.model to make the tokenizer files from (default: the run's data.tokenizer_path, else
+    the one shipped with llama-models). The output appears under its final name only when complete.
+    """
+    from elama.scoring import model_config_from_meta
+
+    start = time.perf_counter()
+    iter_dir = checkpoint.resolve(ckpt)
+    meta = checkpoint.read_meta(iter_dir)
+    m = model_config_from_meta(meta, iter_dir / "meta.json")
+    reader = DistCheckpointReader(iter_dir / "model")
+    table = build_name_table(m)
+    stored = check_checkpoint_tensors(reader, m)
+    dtype = dtype or stored
+    if dtype not in DTYPE_NAMES:
+        raise ConversionError("export", [f"dtype {dtype} is not one of {list(DTYPE_NAMES)}"])
+    tokenizer = None
+    if with_tokenizer:
+        run_tokenizer = (meta.get("config") or {}).get("data", {}).get("tokenizer_path")
+        tokenizer = _load_tokenizer(tokenizer_path or run_tokenizer, m)
+    check_output_dir(out, force=force)
+    with staged_output_dir(out, force=force) as tmp:
+        index = _write_weights(reader, table, m, tmp, dtype, max_shard_bytes, progress)
+        _write_configs(tmp, m, dtype, tokenizer)
+        if tokenizer is not None:
+            from elama.convert.hf_tokenizer import write_hf_tokenizer
+
+            write_hf_tokenizer(tmp, tokenizer, model_max_length=m.max_seq_len_tokens)
+        files = tuple(sorted(p.name for p in tmp.iterdir()))
+    result = ExportResult(Path(out), m, len(index["weight_map"]), index["metadata"]["total_size"],
+                          files, time.perf_counter() - start)
+    logger.info("exported %s -> %s: %d tensors, %.2f GB %s in %.1f s", iter_dir, out,
+                result.tensors_written, result.bytes_written / 1e9, DTYPE_NAMES[dtype],
+                result.seconds)
+    return result
+
+
+def _write_configs(out: Path, m: ModelConfig, dtype: torch.dtype, tokenizer) -> None:
+    if tokenizer is not None:
+        bos, eos = tokenizer.bos_id, tokenizer.eos_id
+        ends = [tokenizer.special_tokens[t] for t in END_TOKENS]
+    else:
+        bos, eos, ends = LLAMA3_BOS_ID, LLAMA3_EOS_ID, [LLAMA3_EOS_ID]
+    write_json(out / "config.json", hf_config_from_model(m, dtype, bos_token_id=bos,
+                                                         eos_token_id=eos))
+    write_json(out / "generation_config.json",
+               {"bos_token_id": bos, "eos_token_id": ends, **GENERATION_DEFAULTS})
+

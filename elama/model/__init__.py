@@ -1,0 +1,1 @@
+"""The Llama 3.1 model on megatron-core: configuration translation, layer specs, counts."""

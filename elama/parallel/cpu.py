@@ -1,0 +1,277 @@
+"""The CPU device layer: unmodified megatron-core 0.16.1 running on CPU (development, demo, CI).
+
+megatron-core has no CPU path. Applied only for device=cpu, this module redirects the CUDA calls
+megatron-core makes, each listed in SITES with the megatron-core function that needs it. A CUDA call
+from any unlisted place raises CpuLayerError, and tests/unit/test_cpu_layer.py fails when a listed
+call disappears from megatron-core's source, so an upgrade of megatron-core is loud, never silent.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import importlib
+import inspect
+import sys
+import types
+from dataclasses import dataclass
+
+import torch
+
+_MCORE_MARK = "/megatron/core/"
+
+
+class CpuLayerError(RuntimeError):
+    """A CUDA call from a place the CPU device layer does not list."""
+
+
+@dataclass(frozen=True)
+class CudaSite:
+    path: str
+    """File under megatron/core/."""
+    function: str
+    """Qualified name of the megatron-core function making the call."""
+    kind: str
+    """current_device | synchronize | factory | tensor_cuda | type_check."""
+    source: str
+    """Text that must still appear in that function (checked by the tests)."""
+    why: str
+
+
+def _site(path, function, kind, source, why) -> CudaSite:
+    return CudaSite(path, function, kind, source, why)
+
+
+SITES: tuple[CudaSite, ...] = (
+    _site("models/common/embeddings/rotary_pos_embedding.py", "RotaryEmbedding.get_emb",
+          "current_device", "torch.cuda.current_device()", "moves inv_freq to the GPU on first use"),
+    _site("utils.py", "GlobalMemoryBuffer.get_tensor", "current_device",
+          "torch.cuda.current_device()", "sequence-parallel all-gather scratch buffer"),
+    _site("tensor_parallel/mappings.py", "_gather_along_first_dim", "current_device",
+          "torch.cuda.current_device()", "sequence-parallel all-gather output"),
+    _site("tensor_parallel/mappings.py", "_reduce_scatter_along_first_dim", "current_device",
+          "torch.cuda.current_device()", "sequence-parallel reduce-scatter output"),
+    _site("tensor_parallel/layers.py", "LinearWithGradAccumulationAndAsyncCommunication.backward",
+          "current_device", "torch.cuda.current_device()",
+          "sequence-parallel all-gather and reduce-scatter buffers in the linear backward"),
+    _site("tensor_parallel/mappings.py", "_gather_along_last_dim", "current_device",
+          "torch.cuda.current_device()", "all-gather of vocab-parallel logits (inference)"),
+    _site("pipeline_parallel/p2p_communication.py",
+          "P2PCommunicator._communicate.create_tensor_recv_prev", "current_device",
+          "torch.cuda.current_device()", "receive buffer from the previous pipeline stage"),
+    _site("pipeline_parallel/p2p_communication.py",
+          "P2PCommunicator._communicate.create_tensor_recv_next", "current_device",
+          "torch.cuda.current_device()", "receive buffer from the next pipeline stage"),
+    _site("pipeline_parallel/p2p_communication.py", "P2PCommunicator._communicate",
+          "synchronize", "torch.cuda.synchronize()", "waits for batched p2p (race workaround)"),
+    _site("distributed/param_and_grad_buffer.py", "_ParamAndGradBuffer.__init__",
+          "current_device", "torch.cuda.current_device()", "DDP's contiguous param/grad buffers"),
+    _site("optimizer/distrib_optimizer.py", "DistributedOptimizer.get_parameter_state_dp_zero",
+          "current_device", "torch.cuda.current_device()", "gather buffer of optimizer state"),
+    _site("optimizer/distrib_optimizer.py", "DistributedOptimizer.get_parameter_state_dp_zero",
+          "tensor_cuda", ".cuda()", "moves optimizer-state send buffers to the GPU"),
+    _site("dist_checkpointing/strategies/state_dict_saver.py", "save_state_dict_async_finalize",
+          "current_device", "torch.cuda.current_device()", "all-reduce of write-failure flags"),
+    _site("dist_checkpointing/strategies/filesystem_async.py",
+          "FileSystemWriterAsync.preload_tensors", "synchronize", "torch.cuda.synchronize()",
+          "waits for D2H copies before the checkpoint write"),
+    _site("pipeline_parallel/schedules.py", "forward_backward_no_pipelining", "factory",
+          'device="cuda"', "total_num_tokens accumulator"),
+    _site("pipeline_parallel/schedules.py", "forward_backward_pipelining_with_interleaving",
+          "factory", 'device="cuda"', "total_num_tokens accumulator"),
+    _site("pipeline_parallel/schedules.py", "forward_backward_pipelining_without_interleaving",
+          "factory", 'device="cuda"', "total_num_tokens accumulator"),
+    _site("optimizer/optimizer.py", "MixedPrecisionOptimizer.__init__", "factory",
+          "device='cuda'", "loss-scale and overflow buffers"),
+    _site("transformer/utils.py", "get_default_causal_mask", "factory", 'device="cuda"',
+          "causal mask of the unfused (local) softmax when no mask is passed"),
+    _site("optimizer/optimizer.py", "FP32Optimizer.__init__", "factory", "device='cuda'",
+          "constant loss scale of the fp32 optimizer"),
+    _site("optimizer/clip_grads.py", "get_grad_norm_fp32", "factory", "device='cuda'",
+          "overflow buffer of the multi-tensor l2 norm"),
+    _site("optimizer/clip_grads.py", "clip_grad_by_total_norm_fp32", "factory", "device='cuda'",
+          "overflow buffer of the multi-tensor scale"),
+    _site("utils.py", "local_multi_tensor_l2_norm", "factory", 'device="cuda"',
+          "result of the fallback (non-apex) multi-tensor l2 norm"),
+    _site("optimizer/distrib_optimizer.py", "DistributedOptimizer._build_model_and_main_param_groups",
+          "type_check", "torch.cuda.FloatTensor", "accepts only CUDA parameter types"),
+    _site("optimizer/distrib_optimizer.py", "DistributedOptimizer.__init__", "type_check",
+          "torch.cuda.BFloat16Tensor", "accepts only CUDA parameter types"),
+    _site("optimizer/optimizer.py", "Float16OptimizerWithFloat16Params.__init__", "type_check",
+          "torch.cuda.FloatTensor", "accepts only CUDA parameter types"),
+    _site("optimizer/clip_grads.py", "clip_grad_by_total_norm_fp32", "type_check",
+          "torch.cuda.FloatTensor", "asserts fp32 CUDA grads"),
+)
+
+_BY_KIND: dict[str, dict[tuple[str, str], CudaSite]] = collections.defaultdict(dict)
+for _s in SITES:
+    _BY_KIND[_s.kind][(_s.path, _s.function)] = _s
+
+HITS: collections.Counter = collections.Counter()
+"""(path, function, kind) -> calls redirected in this process, for the tests."""
+_APPLIED = False
+
+
+def _caller(depth: int) -> tuple[str, str, int]:
+    frame = sys._getframe(depth + 1)
+    filename = frame.f_code.co_filename
+    path = filename.split(_MCORE_MARK, 1)[1] if _MCORE_MARK in filename else filename
+    return path, frame.f_code.co_qualname.replace(".<locals>", ""), frame.f_lineno
+
+
+def _admit(kind: str, depth: int = 2, *, strict: bool = True) -> bool:
+    """Record a redirected call from a listed site; an unlisted caller raises (strict) or is
+    passed through untouched (non-strict kinds such as .type())."""
+    path, function, line = _caller(depth)
+    if (path, function) in _BY_KIND[kind]:
+        HITS[(path, function, kind)] += 1
+        return True
+    if strict:
+        raise CpuLayerError(
+            f"CUDA call ({kind}) at {path}:{line} in {function} is not listed in "
+            "elama/parallel/cpu.py SITES: check what it needs on CPU and list it")
+    return False
+
+
+def _is_cuda(device) -> bool:
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    return isinstance(device, str) and device.startswith("cuda")
+
+
+_FACTORIES = ("zeros", "tensor", "empty", "ones", "full")
+
+
+class _CpuTorch(types.ModuleType):
+    """Stands in for `torch` inside the megatron-core modules that create tensors with
+    device="cuda": factory calls from listed sites get device="cpu", everything else is torch.
+    Scoped to those modules so that torch itself (and its meta-device context) stays untouched."""
+
+    def __init__(self):
+        super().__init__("torch")
+
+    def __getattr__(self, name):
+        attr = getattr(torch, name)
+        if name not in _FACTORIES:
+            return attr
+
+        def factory(*args, **kwargs):
+            if _is_cuda(kwargs.get("device")):
+                _admit("factory")
+                kwargs["device"] = "cpu"
+            return attr(*args, **kwargs)
+
+        return factory
+
+
+def _current_device():
+    _admit("current_device")
+    return torch.device("cpu")
+
+
+def _synchronize(device=None):
+    _admit("synchronize")
+
+
+def _tensor_cuda(self, device=None, non_blocking=False, **kwargs):
+    _admit("tensor_cuda")
+    return self
+
+
+_ORIG_TYPE = torch.Tensor.type
+
+
+def _tensor_type(self, dtype=None, non_blocking=False, **kwargs):
+    """megatron-core checks parameter types by name ('torch.cuda.FloatTensor'); at the listed
+    sites a CPU tensor reports the CUDA name of its dtype, everywhere else torch's answer."""
+    name = _ORIG_TYPE(self, dtype, non_blocking, **kwargs)
+    if dtype is None and self.device.type == "cpu" and _admit("type_check", strict=False):
+        return name.replace("torch.", "torch.cuda.", 1)
+    return name
+
+
+def apply_cpu_device_layer() -> None:
+    """Install the redirects (idempotent). Call before building any megatron-core object."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    if torch.cuda.is_available():
+        raise CpuLayerError("the CPU device layer is for CPU-only runs; this machine has CUDA: "
+                            "use device=cuda")
+    proxy = _CpuTorch()
+    for path in sorted({site.path for site in SITES if site.kind == "factory"}):
+        importlib.import_module("megatron.core." + path[:-3].replace("/", ".")).torch = proxy
+    torch.cuda.current_device = _current_device
+    torch.cuda.synchronize = _synchronize
+    torch.Tensor.cuda = _tensor_cuda
+    torch.Tensor.type = _tensor_type
+    _apply_rng_tracker()
+    _APPLIED = True
+
+
+# --- the CUDA RNG tracker, backed by CPU generator states -------------------------------------
+# megatron-core forks a per-tp-rank RNG stream around tensor-parallel regions (dropout, init) and
+# enters it even with dropout 0. On CPU the default CPU generator plays the CUDA generator's role.
+
+def _cpu_get_rng_state(device=-1, clone=False, graph_safe=False):
+    return torch.get_rng_state()
+
+
+def _cpu_set_rng_state(new_state, device=-1, graph_safe=False):
+    torch.set_rng_state(new_state)
+
+
+def _apply_rng_tracker() -> None:
+    random = importlib.import_module("megatron.core.tensor_parallel.random")
+    base = random.CudaRNGStatesTracker
+
+    class CpuRNGStatesTracker(base):
+        """megatron's tracker with named CPU generator states."""
+
+        def add(self, name, seed):
+            if seed in self.seeds_:
+                raise Exception(f"seed {seed} already exists")
+            if name in self.states_:
+                raise Exception(f"rng state {name} already exists")
+            self._is_initialized = True
+            self.seeds_.add(seed)
+            self.states_[name] = torch.Generator().manual_seed(seed).get_state()
+
+        @contextlib.contextmanager
+        def fork(self, name=random._MODEL_PARALLEL_RNG_TRACKER_NAME):
+            # Unlike the CUDA version, no "CPU RNG changed" warning: here the forked stream IS
+            # the CPU generator, so drawing from it inside the fork is the point.
+            if name not in self.states_:
+                raise Exception(f"rng state {name} is not added")
+            outer = torch.get_rng_state()
+            torch.set_rng_state(self.states_[name])
+            try:
+                yield
+            finally:
+                self.states_[name] = torch.get_rng_state()
+                torch.set_rng_state(outer)
+
+    random.CudaRNGStatesTracker = CpuRNGStatesTracker
+    random._get_cuda_rng_state = _cpu_get_rng_state
+    random._set_cuda_rng_state = _cpu_set_rng_state
+    random.initialize_rng_tracker(force_reset=True)
+
+
+def missing_sites() -> list[str]:
+    """Listed sites whose megatron-core function no longer exists or no longer makes the call."""
+    missing = []
+    for site in SITES:
+        module_name = "megatron.core." + site.path[:-3].replace("/", ".")
+        try:
+            obj = importlib.import_module(module_name)
+            for part in site.function.split("."):
+                if not hasattr(obj, part) and inspect.isfunction(obj):
+                    break  # a nested function: its source is inside the enclosing one
+                obj = getattr(obj, part)
+            source = inspect.getsource(obj)
+        except (ImportError, AttributeError, OSError, TypeError) as e:
+            missing.append(f"{site.path}:{site.function}: {e.__class__.__name__}: {e}")
+            continue
+        if site.source not in source:
+            missing.append(f"{site.path}:{site.function} no longer contains {site.source!r}")
+    return missing

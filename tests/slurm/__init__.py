@@ -1,0 +1,1 @@
+"""Tests that submit real sbatch jobs to a one-node Slurm on localhost (tests/slurm/cluster.py)."""

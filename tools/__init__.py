@@ -1,0 +1,1 @@
+# Thin command-line tools over elama (installed as elama_tools).

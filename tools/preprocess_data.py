@@ -1,0 +1,75 @@
+"""elama-preprocess: tokenize .jsonl/.jsonl.gz/.jsonl.zst/.parquet files into megatron-core
+indexed datasets (<prefix>.bin/.idx + .manifest.json + .rejects.jsonl); a thin CLI over
+elama.data.tokenize.tokenize_files."""
+from __future__ import annotations
+
+import argparse
+import codecs
+import logging
+import sys
+import warnings
+
+# elama.data.tokenize imports megatron-core, whose import warns about missing GPU libraries:
+# filter first, import in main().
+DEFAULT_MAX_REJECT_FRACTION = 0.01
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--input", nargs="+", required=True, help="files or globs, in order")
+    p.add_argument("--output-prefix", required=True, help="e.g. data/ecommerce")
+    p.add_argument("--text-key", action="append", dest="text_keys",
+                   help="record field holding text; repeat to join several in order "
+                        "(title, aspects, description). Default: text")
+    p.add_argument("--text-separator", default="\\n\\n",
+                   help="joins several --text-key fields; backslash escapes allowed")
+    p.add_argument("--bos", action=argparse.BooleanOptionalAction, default=True,
+                   help="prepend <|begin_of_text|> to each document")
+    p.add_argument("--eos", action=argparse.BooleanOptionalAction, default=True,
+                   help="append <|end_of_text|> to each document")
+    lang = p.add_mutually_exclusive_group()
+    lang.add_argument("--language", help="language of every document, e.g. en")
+    lang.add_argument("--language-key", help="record field with each document's language")
+    p.add_argument("--workers", type=int, default=1, help="worker processes")
+    p.add_argument("--merge", action="store_true",
+                   help="merge the per-input shards into one dataset at the prefix")
+    p.add_argument("--keep-shards", action="store_true", help="with --merge, keep the shards")
+    p.add_argument("--max-reject-fraction", type=float, default=DEFAULT_MAX_REJECT_FRACTION,
+                   help="fail when more of the documents read are rejected")
+    p.add_argument("--chunk-mb", type=float,
+                   help="MiB of .jsonl per unit of work (default: by size and --workers); "
+                        "splits large files across workers, never changes the output")
+    p.add_argument("--tokenizer", help="Llama 3 tokenizer.model (default: llama-models' copy)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("megatron").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="megatron")
+    from elama.data.tokenize import TooManyRejectsError, tokenize_files
+
+    try:
+        tokenize_files(
+            args.input, args.output_prefix, text_keys=args.text_keys or ["text"],
+            text_separator=codecs.decode(args.text_separator, "unicode_escape"),
+            add_bos=args.bos, add_eos=args.eos, language=args.language,
+            language_key=args.language_key, workers=args.workers, merge=args.merge,
+            keep_shards=args.keep_shards, max_reject_fraction=args.max_reject_fraction,
+            chunk_bytes=max(1, int(args.chunk_mb * 2**20)) if args.chunk_mb else None,
+            tokenizer_path=args.tokenizer,
+            progress=not args.no_progress)
+    except TooManyRejectsError as e:
+        print(f"elama-preprocess: {e}", file=sys.stderr)
+        return 3
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"elama-preprocess: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
