@@ -141,12 +141,20 @@ def save_optimizer(optimizer, chunks: list, directory: str | Path) -> None:
 def load_optimizer(optimizer, chunks: list, directory: str | Path) -> None:
     """Collective: restore optimizer state saved by any layout (after load_model and after the
     optimizer was built, so its master weights exist to be overwritten)."""
-    from elama.optim import apply_torch_adam_load_fixes, init_torch_adam_state
+    from elama.optim import (
+        apply_torch_adam_load_fixes,
+        apply_torch_adam_load_patch,
+        init_torch_adam_state,
+    )
 
     init_torch_adam_state(optimizer)
+    apply_torch_adam_load_patch(optimizer)
     template = optimizer.sharded_state_dict(model_sharded_state_dict(chunks), is_loading=True,
                                             metadata=OPTIMIZER_METADATA)
-    state = dist_checkpointing.load(template, str(directory), strict=StrictHandling.RAISE_ALL)
+    # RAISE_UNEXPECTED: everything asked for must be there; a distributed optimizer's saved fp32
+    # master weights may go unused by a plain optimizer (its masters are the weights themselves).
+    state = dist_checkpointing.load(template, str(directory),
+                                    strict=StrictHandling.RAISE_UNEXPECTED)
     optimizer.load_state_dict(state)
     apply_torch_adam_load_fixes(optimizer)
 

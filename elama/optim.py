@@ -109,6 +109,33 @@ def init_torch_adam_state(optimizer) -> None:
                 state.setdefault("exp_avg_sq", torch.zeros_like(p, memory_format=torch.preserve_format))
 
 
+def apply_torch_adam_load_patch(optimizer) -> None:
+    """Before megatron's load_state_dict: let the fully_reshardable loader skip `step`.
+
+    With torch's Adam every parameter's state holds a `step`, which the fully_reshardable loader
+    leaves out of the tensors it copies (the step is restored from the param groups), and
+    `_set_main_param_and_optimizer_states` then fails with KeyError: 'step'
+    (distrib_optimizer.py:940). The patch hands it the parameter's current step, a no-op copy."""
+    from megatron.core.optimizer.distrib_optimizer import HAVE_APEX_OR_TE, DistributedOptimizer
+
+    if HAVE_APEX_OR_TE:
+        return
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if not isinstance(opt, DistributedOptimizer):
+            continue
+        original = opt._set_main_param_and_optimizer_states
+
+        def set_states(model_param, tensors, _opt=opt, _original=original):
+            if "step" not in tensors:
+                group, order = _opt.model_param_group_index_map[model_param]
+                state = _opt.optimizer.state[_opt.optimizer.param_groups[group]["params"][order]]
+                if "step" in state:
+                    tensors = {**tensors, "step": state["step"]}
+            return _original(model_param, tensors)
+
+        opt._set_main_param_and_optimizer_states = set_states
+
+
 def apply_torch_adam_load_fixes(optimizer) -> None:
     """After megatron's load_state_dict: one `step` tensor per parameter.
 

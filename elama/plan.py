@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     size.add_argument("--world-size", type=int, help="total GPUs (processes)")
     size.add_argument("--nodes", type=int, help="nodes, with --gpus-per-node")
     parser.add_argument("--gpus-per-node", type=int, default=8)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides before or after the options
     world_size = args.world_size or args.nodes * args.gpus_per_node
     try:
         cfg = load_config(args.overrides)

@@ -37,6 +37,11 @@ def check_resume(cfg: ElamaConfig, world_size: int = 0) -> list[str]:
         return [str(e)]
     problems = architecture_problems(cfg.model, meta["model"], f"the checkpoint {resume}")
     problems += _data_problems(cfg, meta.get("data", {}), resume)
+    saved_parallel = meta.get("config", {}).get("parallel", {})
+    if cfg.parallel.distributed_optimizer and saved_parallel.get("distributed_optimizer") is False:
+        problems.append(f"parallel.distributed_optimizer=true, but {resume} was saved by the plain "
+                        "optimizer, whose state holds no fp32 master weights to shard: resume "
+                        "with parallel.distributed_optimizer=false")
     return problems
 
 

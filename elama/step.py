@@ -21,9 +21,16 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     return loss_sum, num_tokens, {"lm loss": torch.stack([loss_sum.detach(), mask.sum()])}
 
 
+def _to_device(batch: dict) -> dict:
+    """Host batches go to the GPU (asynchronously from pinned memory); on CPU they stay."""
+    if not torch.cuda.is_available():
+        return batch
+    return {k: v.cuda(non_blocking=True) for k, v in batch.items()}
+
+
 def forward_step(data_iterator, model):
     """One microbatch through one model chunk. Every chunk reads its own iterator (all hold the
     same batches), so pipeline stages need no data exchange besides activations."""
-    batch = next(data_iterator)
+    batch = _to_device(next(data_iterator))
     output = model(batch["tokens"], None, None, labels=batch["labels"])
     return output, partial(loss_func, batch["loss_mask"])

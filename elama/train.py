@@ -1,6 +1,10 @@
 """Entry point: python -m elama.train <hydra overrides>, under torchrun or srun.
 
-Exit codes: 0 done, 2 invalid config (nothing started), 3 non-finite loss with
+`python -m elama.train --check <overrides>` validates everything a start would (config, data
+manifests, resume compatibility, a writable run directory) and exits, starting no process group:
+launch/train.sbatch runs it before srun starts any rank.
+
+Exit codes: 0 done (or checked), 2 invalid config (nothing started), 3 non-finite loss with
 train.nonfinite=stop, 75 preempted after saving (launch/train.sbatch requeues).
 """
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from elama.config import ConfigError, load_config, validate
 
@@ -23,6 +28,20 @@ def setup_logging() -> None:
     logging.getLogger("megatron").setLevel(logging.WARNING)
 
 
+def check_run_dir(cfg, world_size: int = 0) -> list[str]:
+    """The run directory must be creatable and writable (checkpoints, metrics, data cache)."""
+    path = Path(cfg.checkpoint.run_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_probe_{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        return [f"checkpoint.run_dir={path} is not writable ({e.strerror}): choose another "
+                "directory or fix its permissions"]
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     from elama.data.blend import check_data
@@ -30,14 +49,22 @@ def main(argv: list[str] | None = None) -> int:
     from elama.resume import check_resume
     from elama.trainer import NonFiniteError, Trainer
 
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    from elama.parallel.setup import apply_launcher_env
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    check_only = "--check" in args
+    world_size = apply_launcher_env()
     try:
-        cfg = load_config(sys.argv[1:] if argv is None else argv)
+        cfg = load_config([a for a in args if a != "--check"])
         # Every problem (config, data manifests, resume compatibility) before any process group.
-        validate(cfg, world_size, extra_checks=[check_data, check_resume])
+        validate(cfg, world_size, extra_checks=[check_data, check_resume, check_run_dir])
     except ConfigError as e:
         logging.getLogger("elama.train").error("%s", e)
         return EXIT_CONFIG
+    if check_only:
+        logging.getLogger("elama.train").info("config valid for %d processes; run directory %s",
+                                              world_size, cfg.checkpoint.run_dir)
+        return 0
     trainer = Trainer(cfg, world_size)
     try:
         outcome = trainer.train()

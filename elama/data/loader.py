@@ -53,7 +53,8 @@ def build_iterator(dataset, *, consumed_samples: int, micro_batch_size: int, dp_
     """Microbatches {tokens, labels, loss_mask} of this rank, starting at consumed_samples."""
     sampler = MicroBatchSampler(len(dataset), consumed_samples, micro_batch_size, dp_rank, dp)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                        collate_fn=_collate, persistent_workers=num_workers > 0)
+                        collate_fn=_collate, persistent_workers=num_workers > 0,
+                        pin_memory=torch.cuda.is_available())
     return iter(loader)
 
 

@@ -22,6 +22,20 @@ from elama.parallel.dims import ParallelDims
 logger = logging.getLogger(__name__)
 
 
+def apply_launcher_env() -> int:
+    """Rank variables from the launcher; returns the world size.
+
+    torchrun sets RANK/WORLD_SIZE/LOCAL_RANK. Under srun with one task per rank (how
+    launch/train.sbatch starts ranks, so that exit codes and signals reach every rank) they come
+    from SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID; MASTER_ADDR/PORT are exported by the script."""
+    env = os.environ
+    if "RANK" not in env and "SLURM_PROCID" in env:
+        env["RANK"] = env["SLURM_PROCID"]
+        env["WORLD_SIZE"] = env.get("SLURM_NTASKS", "1")
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    return int(env.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(dims: ParallelDims, *, device: str, seed: int, timeout_s: int = 1800) -> None:
     """Start torch.distributed from the torchrun/Slurm environment, then megatron's groups.
 

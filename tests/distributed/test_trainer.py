@@ -23,7 +23,8 @@ def _argv(run_dir, blend, *extra) -> list[str]:
             f"checkpoint.run_dir={run_dir}", *extra]
 
 
-TP2_PP2 = ["parallel.tp=2", "parallel.pp=2"]
+# the distributed optimizer too: its reload path is the one with torch-Adam fixes (elama.optim)
+TP2_PP2 = ["parallel.tp=2", "parallel.pp=2", "parallel.distributed_optimizer=true"]
 
 
 def _weights(iter_dir) -> dict:
@@ -69,8 +70,8 @@ def test_resume_into_another_layout(straight_run, tiny_blend, tmp_path):
     run_dir.mkdir()
     shutil.copytree(straight_run / "iter_0000010", run_dir / "iter_0000010")
     checkpoint.write_tracker(run_dir, 10)
-    codes = train(1, _argv(run_dir, tiny_blend, "train.train_steps=20", "train.exit_interval=12"),
-                  tmp_path / "logs")
+    codes = train(1, _argv(run_dir, tiny_blend, "parallel.distributed_optimizer=true",
+                           "train.exit_interval=12"), tmp_path / "logs")
     assert codes == [0], (tmp_path / "logs" / "rank0.log").read_text()[-3000:]
     want, got = metrics(straight_run), metrics(run_dir)
     # Same weights and optimizer state, other reduction orders: float32 rounding only. The

@@ -13,7 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Sequence, Callable, Mapping
 
 import psutil
 
@@ -307,9 +307,11 @@ class LocalSlurm:
 
     # ---- jobs ---------------------------------------------------------------------------------
     def sbatch(self, script: Path, *sbatch_args: str, cwd: Path | None = None,
-               env: Mapping[str, str] | None = None) -> str:
-        """Submits script; returns the job id. SLURM_SUBMIT_DIR is cwd; the job inherits env."""
-        proc = self.run(binary("sbatch"), "--parsable", *sbatch_args, str(script), cwd=cwd, env=env)
+               env: Mapping[str, str] | None = None, script_args: Sequence[str] = ()) -> str:
+        """Submits script (with script_args after it); returns the job id. SLURM_SUBMIT_DIR is
+        cwd; the job inherits env."""
+        proc = self.run(binary("sbatch"), "--parsable", *sbatch_args, str(script), *script_args,
+                        cwd=cwd, env=env)
         return proc.stdout.strip().split(";")[0]
 
     def jobs(self, job_id: str) -> list[JobResult]:
