@@ -43,6 +43,8 @@ setup(
             "elama-preprocess=elama_tools.preprocess_data:main",
             "elama-data-stats=elama_tools.data_stats:main",
             "elama-merge=elama_tools.merge_models:main",
+            "elama-convert=elama_tools.convert_checkpoint:main",
+            "elama-logits=elama_tools.logits:main",
         ],
     },
 )

@@ -15,9 +15,7 @@ import logging
 import re
 import sys
 
-import torch
-
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_DTYPE_NAMES = ("bfloat16", "float16", "float32")
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
                "GIB": 2**30}
 
@@ -41,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="elama checkpoint -> HF directory")
     exp.add_argument("src", help="run directory (its latest checkpoint) or iter_NNNNNNN directory")
     exp.add_argument("out", help="output HF directory")
-    exp.add_argument("--dtype", choices=sorted(_DTYPES), help="weights dtype (default: the checkpoint's)")
+    exp.add_argument("--dtype", choices=_DTYPE_NAMES, help="weights dtype (default: the checkpoint's)")
     exp.add_argument("--tokenizer", help="Llama 3 tokenizer.model (default: the run's, else llama-models')")
     exp.add_argument("--no-tokenizer", action="store_true", help="write no tokenizer files")
     exp.add_argument("--max-shard-size", type=_size, default=5 * 10**9, help="e.g. 5GB, 500MB")
@@ -54,20 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    import torch
+
     from elama.checkpoint import CheckpointError
     from elama.convert.export_hf import export_hf
     from elama.convert.hf import CheckpointError as HFCheckpointError
     from elama.convert.import_hf import import_hf
     from elama.scoring import ScoringError
 
+    dtype = getattr(torch, args.dtype) if args.dtype else None
     try:
         if args.command == "import":
-            r = import_hf(args.src, args.out, dtype=_DTYPES.get(args.dtype), name=args.name,
+            r = import_hf(args.src, args.out, dtype=dtype, name=args.name,
                           force=args.force, progress=not args.no_progress)
             print(f"imported {r.tensors_read} HF tensors ({r.tensors_ignored} ignored buffers) into "
                   f"{r.params_written} parameters: {r.out_dir} (use checkpoint.init_from={r.out_dir})")
         else:
-            r = export_hf(args.src, args.out, dtype=_DTYPES.get(args.dtype),
+            r = export_hf(args.src, args.out, dtype=dtype,
                           tokenizer_path=args.tokenizer, with_tokenizer=not args.no_tokenizer,
                           max_shard_bytes=args.max_shard_size, force=args.force,
                           progress=not args.no_progress)

@@ -62,6 +62,19 @@ def train(run_dir: Path, data_dir: Path, extra: list[str]) -> None:
          f"checkpoint.run_dir={run_dir / 'train'}", *extra])
 
 
+def export_and_generate(run_dir: Path) -> str:
+    """The trained checkpoint as a Hugging Face model, loaded and run by transformers."""
+    from elama.convert.export_hf import generate_with_transformers
+
+    hf_dir = run_dir / "hf"
+    run([sys.executable, "tools/convert_checkpoint.py", "export", str(run_dir / "train"),
+         str(hf_dir)])
+    prompt = "Free shipping on"
+    _, ids, text = generate_with_transformers(hf_dir, prompt, max_new_tokens=12)
+    print(f"\ntransformers generates from {hf_dir}:\n  {prompt!r} -> {text!r}")
+    return text
+
+
 def report_losses(run_dir: Path) -> tuple[float, float]:
     records = [json.loads(line) for line in (run_dir / "train" / "metrics.jsonl").open()]
     losses = [r["loss"] for r in records if "loss" in r]
@@ -92,6 +105,7 @@ def main(argv=None) -> int:
     if not last < first - 1.0:
         print(f"demo: the loss did not fall ({first:.3f} -> {last:.3f})", file=sys.stderr)
         return 1
+    export_and_generate(run_dir)
     print(f"\ndemo done: {run_dir}")
     return 0
 

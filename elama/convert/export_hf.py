@@ -162,3 +162,18 @@ def _write_configs(out: Path, m: ModelConfig, dtype: torch.dtype, tokenizer) -> 
     write_json(out / "generation_config.json",
                {"bos_token_id": bos, "eos_token_id": ends, **GENERATION_DEFAULTS})
 
+
+def generate_with_transformers(hf_dir: str | Path, prompt: str, *, max_new_tokens: int = 8
+                               ) -> tuple[list[int], list[int], str]:
+    """Greedy generation with transformers from an exported directory (the demo's last step and
+    the proof that the export is a working HF model): (prompt ids, all ids, new text)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir))
+    inputs = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.eos_token_id)
+    prompt_ids, ids = inputs["input_ids"][0].tolist(), out[0].tolist()
+    return prompt_ids, ids, tokenizer.decode(ids[len(prompt_ids):])

@@ -126,10 +126,17 @@ def test_init_from_takes_weights_not_the_schedule(straight_run, tiny_blend, tmp_
     assert meta["train_state"]["step"] == 2
 
 
-def test_nonfinite_loss_stops_with_the_step(tiny_blend, tmp_path):
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_nonfinite_loss_is_reported_with_the_step(policy, tiny_blend, tmp_path):
     run_dir = tmp_path / "nan"
-    codes = train(1, _argv(run_dir, tiny_blend, "model.init_method_std=1e30",
-                           "train.nonfinite=stop"), tmp_path / "logs")
+    codes = train(1, _argv(run_dir, tiny_blend, "model.init_method_std=1e30", "train.train_steps=3",
+                           f"train.nonfinite={policy}"), tmp_path / "logs")
     log = (tmp_path / "logs" / "rank0.log").read_text()
-    assert codes == [3], log[-3000:]
     assert "step 1: non-finite loss" in log
+    if policy == "stop":
+        assert codes == [3], log[-3000:]
+        assert checkpoint.read_tracker(run_dir) is None
+    else:  # every step skipped and counted, none applied
+        assert codes == [0], log[-3000:]
+        meta = checkpoint.read_meta(run_dir / "iter_0000003")
+        assert meta["train_state"]["skipped_steps"] == 3
