@@ -16,17 +16,21 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+warnings.filterwarnings("ignore")  # megatron-core's import warns about missing GPU libraries
 
+from elama.data import tokenize  # noqa: E402  (imports megatron-core: outside every timing)
 from elama.data.demo_corpus import (iter_ecommerce_records, iter_stdlib_docstrings,  # noqa: E402
                                     render_ecommerce_text)
-from elama.tokenizer import load_tokenizer  # noqa: E402
+from elama.tokenizer import _cached, load_tokenizer  # noqa: E402
 
 _RSS_CHILD = """
 import resource, sys, warnings
@@ -80,9 +84,6 @@ def reference_batch(path: str, encoding, batch: int = 1000) -> tuple[float, int]
 
 
 def run_elama(path: str, out_dir: str, workers: int) -> tuple[float, int]:
-    from elama.data import tokenize
-    from elama.tokenizer import _cached
-
     shutil.rmtree(out_dir, ignore_errors=True)
     _cached.cache_clear()  # elama's time includes loading the tokenizer
     start = time.perf_counter()
@@ -102,15 +103,17 @@ def peak_rss_bytes(path: str, out_dir: str) -> int:
     return int(out.stdout.split()[-1]) * 1024  # ru_maxrss is in KiB on Linux
 
 
+def _cpu_s() -> float:
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--mb", type=float, default=200.0, help="corpus size in MB (>= 200 for goals)")
     p.add_argument("--rounds", type=int, default=3,
                    help="interleaved rounds; the best of each counts (the machine is shared)")
     args = p.parse_args()
-    import warnings
-
-    warnings.filterwarnings("ignore")
     encoding = load_tokenizer().model
     with tempfile.TemporaryDirectory(prefix="elama-bench-") as tmp:
         path, half = os.path.join(tmp, "corpus.jsonl"), os.path.join(tmp, "half.jsonl")
@@ -131,11 +134,16 @@ def main() -> None:
             if r == 0:  # slower than the loop on 2 cores (8 threads contend); one round suffices
                 runs.insert(1, ("tiktoken batch", lambda: reference_batch(path, encoding)))
             for name, fn in runs:
+                cpu = _cpu_s()
                 elapsed, tokens[name] = fn()
+                cpu = _cpu_s() - cpu
                 times[name].append(elapsed)
+                # CPU seconds (this process and its reaped workers) tell a slow run on a busy
+                # machine (CPU share < workers) from a slow implementation (more CPU work)
                 print(f"  round {r}: {name:<16} {elapsed:7.2f} s  "
                       f"{tokens[name] / elapsed / 1e6:6.2f} M tokens/s  "
-                      f"{size / elapsed / 1e6:6.1f} MB/s", flush=True)
+                      f"{size / elapsed / 1e6:6.1f} MB/s  cpu {cpu:6.2f} s  "
+                      f"load {os.getloadavg()[0]:.1f}", flush=True)
         if len(set(tokens.values())) != 1:
             raise SystemExit(f"token counts differ between methods: {tokens}")
         best = {name: min(v) for name, v in times.items()}

@@ -33,3 +33,13 @@ export CUDA_DEVICE_MAX_CONNECTIONS=1
 # The trainer exits with this code after saving a checkpoint on SIGTERM/SIGUSR1 (EX_TEMPFAIL in
 # sysexits.h); the sbatch script then runs `scontrol requeue "$SLURM_JOB_ID"`.
 export ELAMA_REQUEUE_EXIT_CODE=75
+
+# pyxis/enroot: every srun step runs in the container named by ELAMA_CONTAINER_IMAGE (with
+# ELAMA_CONTAINER_MOUNTS, default the submit directory), or on the host when it is unset.
+elama_container=()
+if [[ -n "${ELAMA_CONTAINER_IMAGE:-}" ]]; then
+  elama_container=("--container-image=${ELAMA_CONTAINER_IMAGE}"
+                   "--container-mounts=${ELAMA_CONTAINER_MOUNTS:-${SLURM_SUBMIT_DIR}:${SLURM_SUBMIT_DIR}}"
+                   "--container-workdir=${SLURM_SUBMIT_DIR}")
+fi
+export elama_container

@@ -55,8 +55,8 @@ def tokenize(corpus: dict[str, list[str]], data_dir: Path) -> None:
 def train(run_dir: Path, data_dir: Path, extra: list[str]) -> None:
     blend = (f"data.train_blend=[{{prefix:{data_dir / 'ecommerce'},weight:0.5}},"
              f"{{prefix:{data_dir / 'general'},weight:0.5}}]")
-    valid = (f"data.valid_blends={{ecommerce:[{{prefix:{data_dir / 'valid_ecommerce'},weight:1}}],"
-             f"general:[{{prefix:{data_dir / 'valid_general'},weight:1}}]}}")
+    valid = (f"data.valid_blends=[{{name:ecommerce,blend:[{{prefix:{data_dir / 'valid_ecommerce'},"
+             f"weight:1}}]}},{{name:general,blend:[{{prefix:{data_dir / 'valid_general'},weight:1}}]}}]")
     run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(PROCESSES),
          "-m", "elama.train", "experiment=cpt_tiny_cpu", blend, valid,
          f"checkpoint.run_dir={run_dir / 'train'}", *extra])

@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MiB of .jsonl per unit of work (default: by size and --workers); "
                         "splits large files across workers, never changes the output")
     p.add_argument("--tokenizer", help="Llama 3 tokenizer.model (default: llama-models' copy)")
+    p.add_argument("--task-index", type=int, default=0,
+                   help="with --num-tasks: this task makes the shards of inputs i, i+n, ...")
+    p.add_argument("--num-tasks", type=int, default=1,
+                   help="tasks sharing the inputs (a Slurm array); a final run without these "
+                        "writes the dataset from their shards")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -60,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             language_key=args.language_key, workers=args.workers, merge=args.merge,
             keep_shards=args.keep_shards, max_reject_fraction=args.max_reject_fraction,
             chunk_bytes=max(1, int(args.chunk_mb * 2**20)) if args.chunk_mb else None,
-            tokenizer_path=args.tokenizer,
-            progress=not args.no_progress)
+            tokenizer_path=args.tokenizer, task_index=args.task_index,
+            num_tasks=args.num_tasks, progress=not args.no_progress)
     except TooManyRejectsError as e:
         print(f"elama-preprocess: {e}", file=sys.stderr)
         return 3

@@ -14,11 +14,11 @@ from typing import Iterable
 from elama.config.checks import Check, derived_dp, validate
 from elama.config.schema import (
     BlendEntry, CheckpointConfig, ConfigError, DataConfig, ElamaConfig, LoggingConfig,
-    ModelConfig, OptimConfig, ParallelConfig, TrainConfig,
+    ModelConfig, NamedBlend, OptimConfig, ParallelConfig, TrainConfig,
 )
 
 __all__ = ["BlendEntry", "Check", "CheckpointConfig", "ConfigError", "DataConfig", "ElamaConfig",
-           "LoggingConfig", "ModelConfig", "OptimConfig", "ParallelConfig", "TrainConfig",
+           "LoggingConfig", "ModelConfig", "NamedBlend", "OptimConfig", "ParallelConfig", "TrainConfig",
            "derived_dp", "load_config", "to_dict", "validate"]
 
 

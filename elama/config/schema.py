@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional
+from typing import Iterable, List, Optional
 
 PRECISIONS = ("fp32", "bf16", "fp8")
 FP8_FORMATS = ("e4m3", "hybrid")
@@ -170,6 +170,14 @@ class BlendEntry:
 
 
 @dataclass
+class NamedBlend:
+    name: str = ""
+    """Label of the held-out set in metrics (valid_<name>_loss)."""
+    blend: List[BlendEntry] = field(default_factory=list)
+    """Its prefixes and weights."""
+
+
+@dataclass
 class DataConfig:
     source: str = "blend"
     """'blend' (tokenized datasets below) or 'synthetic' (seeded random tokens, for smoke runs)."""
@@ -179,8 +187,9 @@ class DataConfig:
     """Llama 3 tokenizer.model; None uses the one shipped in the llama-models package."""
     train_blend: List[BlendEntry] = field(default_factory=list)
     """Weighted training sources (e-Llama: 50% e-commerce, 50% general replay)."""
-    valid_blends: Dict[str, List[BlendEntry]] = field(default_factory=dict)
-    """Named held-out blends, each a list of {prefix, weight}, for validation loss."""
+    valid_blends: List[NamedBlend] = field(default_factory=list)
+    """Held-out blends for validation loss (e-Llama: e-commerce and general), each
+    {name, blend: [{prefix, weight}, ...]}; checked only when train.eval_interval > 0."""
     cache_dir: Optional[str] = None
     """Where megatron-core caches blend/sample indices; None means <run_dir>/data_cache."""
     replan: bool = False

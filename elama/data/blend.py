@@ -63,8 +63,9 @@ def check_data(cfg: ElamaConfig, world_size: int = 0) -> list[str]:
     except (OSError, ValueError) as e:
         return [f"data.tokenizer_path={cfg.data.tokenizer_path}: {e}"]
     blends = {"data.train_blend": cfg.data.train_blend}
-    blends.update({f"data.valid_blends.{name}": entries
-                   for name, entries in cfg.data.valid_blends.items()})
+    if cfg.train.eval_interval:
+        blends.update({f"data.valid_blends[{i}] ({v.name})": v.blend
+                       for i, v in enumerate(cfg.data.valid_blends)})
     for where, entries in blends.items():
         sources, found = load_blend(entries, where)
         problems += found

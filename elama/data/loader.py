@@ -101,10 +101,10 @@ def build_valid_data(cfg, dims) -> dict:
                     for _ in range(dims.vpp)]
         return {"synthetic": synthetic}
     sets = {}
-    for name, entries in cfg.data.valid_blends.items():
-        dataset, _ = build_gpt_dataset(cfg, entries, t.eval_steps * t.global_batch_size,
-                                       _cache_dir(cfg), f"data.valid_blends.{name}")
-        sets[name] = (lambda d=dataset: [build_iterator(
+    for i, valid in enumerate(cfg.data.valid_blends):
+        dataset, _ = build_gpt_dataset(cfg, valid.blend, t.eval_steps * t.global_batch_size,
+                                       _cache_dir(cfg), f"data.valid_blends[{i}]")
+        sets[valid.name] = (lambda d=dataset: [build_iterator(
             d, consumed_samples=0, micro_batch_size=t.micro_batch_size, dp_rank=setup.dp_rank(),
             dp=dims.dp) for _ in range(dims.vpp)])
     return sets

@@ -70,20 +70,38 @@ class StreamBreak:
     detail: str
 
 
-def plan_units(path: str, chunk_bytes: int) -> list[Unit]:
+def plan_units(path: str, chunk_bytes: int, taper: bool = False) -> list[Unit]:
+    """Units of about `chunk_bytes` (see chunk_offsets for `taper`)."""
     fmt = input_format(path)
     if fmt == "jsonl":
-        return _plan_jsonl(path, chunk_bytes)
+        return _plan_jsonl(path, chunk_bytes, taper)
     if fmt == "parquet":
         return _plan_parquet(path, chunk_bytes)
     return [Unit(path, fmt, 0, 0, -1)]
 
 
-def _plan_jsonl(path: str, chunk_bytes: int) -> list[Unit]:
+def chunk_offsets(size: int, chunk_bytes: int, taper: bool) -> list[int]:
+    """Where units of a `size`-byte file start (before line alignment), 0 excluded. With `taper`,
+    the last two chunks of a file larger than one are cut into halving pieces down to chunk/8:
+    run largest first, the units left when work runs out are small and workers finish together."""
+    offsets, pos = [], 0
+    while True:
+        remaining, step = size - pos, chunk_bytes
+        if taper and size > chunk_bytes and remaining <= 2 * chunk_bytes:
+            step = max(chunk_bytes // 8, remaining // 2, 1)
+            if remaining - step < chunk_bytes // 8:  # no sliver after this unit
+                return offsets
+        pos += step
+        if pos >= size:
+            return offsets
+        offsets.append(pos)
+
+
+def _plan_jsonl(path: str, chunk_bytes: int, taper: bool) -> list[Unit]:
     size = os.path.getsize(path)
     bounds = [0]
     with open(path, "rb") as f:
-        for target in range(chunk_bytes, size, chunk_bytes):
+        for target in chunk_offsets(size, chunk_bytes, taper):
             f.seek(target - 1)
             if f.read(1) != b"\n":  # inside a line: the next line starts after its newline
                 f.readline()

@@ -11,43 +11,31 @@ import contextlib
 import fcntl
 import glob
 import logging
-import multiprocessing
 import os
-import queue as queue_module
 import re
 import shutil
-import signal
 import time
-import traceback
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 from elama.data.manifest import (TOKEN_DTYPE, build_manifest, load_json, manifest_path,
                                  read_manifest, sum_counts, write_json_atomic)
 from elama.data.readers import Unit, expand_inputs, input_format, plan_units
 from elama.data.shards import (TextSpec, assemble_shard, concat_datasets, concat_rejects,
-                               dataset_files, load_part, write_part)
+                               dataset_files, load_part)
+from elama.data.workers import Task, run_tasks
 from elama.tokenizer import Llama3Tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
 MAX_CHUNK_BYTES = 256 << 20  # of .jsonl per unit: a kill loses at most this much work
 MIN_CHUNK_BYTES = 4 << 20
-UNITS_PER_WORKER = 8  # the last unit to finish leaves the others idle for ~1/8 of a share
+UNITS_PER_WORKER = 4  # full-size units; tapered ones (readers.chunk_offsets) end the schedule
 DEFAULT_MAX_REJECT_FRACTION = 0.01
 
 
 class TooManyRejectsError(RuntimeError):
     """The run rejected more than max_reject_fraction of the documents it read."""
-
-
-class _Task(NamedTuple):
-    """One unit for a worker: (shard index, unit index), where to write, input bytes to read."""
-    key: tuple[int, int]
-    unit: Unit
-    prefix: str
-    fingerprint: dict
-    nbytes: int
 
 
 @dataclass
@@ -87,12 +75,16 @@ def tokenize_files(inputs: Sequence[str], output_prefix: str, *,
                    keep_shards: bool = False,
                    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
                    chunk_bytes: int | None = None, tokenizer_path: str | None = None,
-                   progress: bool = True) -> dict:
+                   task_index: int = 0, num_tasks: int = 1, progress: bool = True) -> dict:
     """Tokenize `inputs` (files or globs) to `output_prefix`; returns its manifest (see
     elama.data.manifest). With `merge`, one dataset at the prefix; without, one shard per input
     under `<prefix>.shards/` and an index manifest at the prefix. `chunk_bytes` (default:
-    auto_chunk_bytes) splits .jsonl files into units of work; it does not change the output."""
-    _check_args(text_keys, workers, max_reject_fraction, chunk_bytes)
+    auto_chunk_bytes) splits .jsonl files into units of work; it does not change the output.
+
+    With num_tasks > 1 (the tasks of a Slurm array, say, running at once), this call makes only
+    the shards of inputs task_index, task_index + num_tasks, ... and returns their counts
+    (kind "task"); a final call without them finds every shard done and writes the dataset."""
+    _check_args(text_keys, workers, max_reject_fraction, chunk_bytes, task_index, num_tasks)
     start = time.monotonic()
     paths = expand_inputs(inputs)
     chunk_bytes = chunk_bytes or auto_chunk_bytes(paths, workers)
@@ -100,17 +92,27 @@ def tokenize_files(inputs: Sequence[str], output_prefix: str, *,
     tokenizer = load_tokenizer(tokenizer_path)
     settings = build_settings(tokenizer, spec)
     fingerprints = [file_fingerprint(p) for p in paths]
-    done = _reusable(output_prefix, settings, fingerprints, "merged" if merge else "index")
-    if done is not None:
-        logger.info("%s is up to date with its %d inputs: nothing to do", output_prefix, len(paths))
-        return done
+    for kind in ["merged" if merge else "index"] if num_tasks == 1 else ["merged", "index"]:
+        done = _reusable(output_prefix, settings, fingerprints, kind)
+        if done is not None:
+            logger.info("%s is up to date with its %d inputs: nothing to do", output_prefix,
+                        len(paths))
+            return done
     shard_dir = output_prefix + ".shards"
     os.makedirs(shard_dir, exist_ok=True)
-    with _exclusive(shard_dir):
-        _remove_stale(output_prefix, shard_dir)
-        shards = [_plan_shard(i, p, fp, output_prefix, settings, chunk_bytes)
-                  for i, (p, fp) in enumerate(zip(paths, fingerprints))]
+    task = task_index if num_tasks > 1 else None
+    with _exclusive(shard_dir, task):
+        shards = [_plan_shard(i, paths[i], fingerprints[i], output_prefix, settings, chunk_bytes,
+                              workers > 1) for i in range(task_index, len(paths), num_tasks)]
+        _remove_stale(shards, output_prefix if task is None else None)
         _run(shards, tokenizer, spec, settings, workers, progress)
+        if task is not None:
+            result = {"kind": "task", "task_index": task, "num_tasks": num_tasks,
+                      "datasets": [s.prefix for s in shards],
+                      **sum_counts(s.manifest["inputs"][0] for s in shards)}
+            _log_summary(result, f"{output_prefix} task {task}/{num_tasks}", len(shards),
+                         time.monotonic() - start)
+            return result
         prefixes = [s.prefix for s in shards]
         concat_rejects(prefixes, [0] * len(prefixes), output_prefix)
         totals = sum_counts(s.manifest["inputs"][0] for s in shards)
@@ -120,8 +122,12 @@ def tokenize_files(inputs: Sequence[str], output_prefix: str, *,
     return manifest
 
 
-def _check_args(text_keys, workers, max_reject_fraction, chunk_bytes) -> None:
+def _check_args(text_keys, workers, max_reject_fraction, chunk_bytes, task_index,
+                num_tasks) -> None:
     problems = []
+    if not 0 <= task_index < num_tasks:
+        problems.append(f"task_index={task_index}, num_tasks={num_tasks}: need "
+                        "0 <= task_index < num_tasks")
     if not text_keys or not all(isinstance(k, str) and k for k in text_keys):
         problems.append(f"text_keys={list(text_keys)!r}: give one or more non-empty keys")
     if workers < 1:
@@ -136,8 +142,8 @@ def _check_args(text_keys, workers, max_reject_fraction, chunk_bytes) -> None:
 
 
 def auto_chunk_bytes(paths: Sequence[str], workers: int) -> int:
-    """Units small enough that `workers` stay busy to the end, large enough that per-unit costs
-    (a part written, then concatenated: ~10 ms, measured) stay small."""
+    """Units small enough to spread over `workers`, large enough that per-unit costs (a part
+    written, then concatenated: ~10 ms, measured) stay small."""
     total = sum(os.path.getsize(p) for p in paths if input_format(p) == "jsonl")
     if workers == 1:
         return MAX_CHUNK_BYTES
@@ -161,38 +167,45 @@ def _reusable(prefix: str, settings: dict, fingerprints: list[dict], kind: str) 
 
 
 @contextlib.contextmanager
-def _exclusive(shard_dir: str):
-    """An flock on <prefix>.shards/LOCK: two runs writing one prefix would corrupt each other."""
-    path = os.path.join(shard_dir, "LOCK")
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"{path} is locked: another tokenization is writing this output "
-                               "prefix; wait for it or choose another prefix") from None
+def _exclusive(shard_dir: str, task: int | None):
+    """flocks: a run owns <prefix>.shards/LOCK, array task i LOCK.task<i> (tasks write disjoint
+    shards); a final run also needs every task's lock, i.e. no task still running."""
+    paths = [os.path.join(shard_dir, "LOCK" if task is None else f"LOCK.task{task}")]
+    if task is None:
+        paths += sorted(glob.glob(os.path.join(glob.escape(shard_dir), "LOCK.task*")))
+    with contextlib.ExitStack() as stack:
+        for path in paths:
+            f = stack.enter_context(open(path, "a"))
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RuntimeError(f"{path} is locked: another tokenization is writing this "
+                                   "output prefix; wait for it or choose another prefix") from None
         yield
 
 
-def _remove_stale(prefix: str, shard_dir: str) -> None:
-    """An old final manifest (about to be outdated) and every leftover temporary file."""
-    stale = [manifest_path(prefix)]
-    for path in dataset_files(prefix):
-        stale += glob.glob(glob.escape(path) + ".tmp.*")
-    stale += glob.glob(os.path.join(glob.escape(shard_dir), "*.tmp.*"))
+def _remove_stale(shards: list[_Shard], final_prefix: str | None) -> None:
+    """Temporary files the shards' writers left behind (a killed run's), and with a final
+    prefix, its temporary files and old manifest (about to be outdated)."""
+    stale = [g for s in shards for g in glob.glob(glob.escape(s.prefix) + ".*.tmp.*")]
+    if final_prefix is not None:
+        stale.append(manifest_path(final_prefix))
+        for path in dataset_files(final_prefix):
+            stale += glob.glob(glob.escape(path) + ".tmp.*")
     for path in stale:
         if os.path.exists(path):
             os.remove(path)
 
 
 def _plan_shard(index: int, path: str, fingerprint: dict, output_prefix: str, settings: dict,
-                chunk_bytes: int) -> _Shard:
+                chunk_bytes: int, taper: bool) -> _Shard:
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(path).split(".")[0])[:40]
     shard = _Shard(path, os.path.join(output_prefix + ".shards", f"{index:05d}-{stem}"),
                    fingerprint)
     shard.manifest = _reusable(shard.prefix, settings, [fingerprint], "shard")
     if shard.manifest is not None:
         return shard
-    shard.units = plan_units(path, chunk_bytes)
+    shard.units = plan_units(path, chunk_bytes, taper)
     shard.parts = [load_part(shard.part_prefix(k), u, settings, fingerprint)
                    for k, u in enumerate(shard.units)]
     return shard
@@ -208,123 +221,20 @@ def _maybe_assemble(shard: _Shard, settings: dict) -> None:
     shard.manifest = manifest
 
 
-# ---- running units: inline for one worker, worker processes otherwise ----------------------
-def _worker(tokenizer, spec, settings, tasks, results, parent_pid: int) -> None:
-    """Tokenize tasks until the None sentinel; report ("progress" | "done" | "error", ...)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-    try:  # die with the parent (kill -9 included) instead of finishing orphaned work
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent_pid:
-        return
-    for task in iter(tasks.get, None):
-        try:
-            part = write_part(tokenizer, spec, task.unit, task.prefix, settings, task.fingerprint,
-                              lambda d, t, b: results.put(("progress", d, t, b)))
-            results.put(("done", task.key, part))
-        except BaseException:
-            results.put(("error", task.key, traceback.format_exc()))
-            return
-
-
+# ---- running -------------------------------------------------------------------------------
 def _run(shards: list[_Shard], tokenizer, spec, settings, workers: int, progress: bool) -> None:
     for shard in shards:
         _maybe_assemble(shard, settings)  # every part was committed before a kill
-    tasks = [_Task((i, k), u, s.part_prefix(k), s.fingerprint,
-                   u.end - u.start if u.fmt == "jsonl" else s.fingerprint["bytes"] // len(s.units))
+    tasks = [Task((i, k), u, s.part_prefix(k), s.fingerprint,
+                  u.end - u.start if u.fmt == "jsonl" else s.fingerprint["bytes"] // len(s.units))
              for i, s in enumerate(shards) if s.manifest is None
              for k, u in enumerate(s.units) if s.parts[k] is None]
-    tasks.sort(key=lambda t: -t.nbytes)  # largest first: the last unit running alone is small
-    total_bytes = sum(t.nbytes for t in tasks)
 
     def done(key: tuple[int, int], part: dict) -> None:
         shards[key[0]].parts[key[1]] = part
         _maybe_assemble(shards[key[0]], settings)
 
-    if workers == 1 or len(tasks) <= 1:
-        with _Progress(total_bytes, progress) as bar:
-            for t in tasks:
-                done(t.key, write_part(tokenizer, spec, t.unit, t.prefix, settings,
-                                       t.fingerprint, bar.update))
-    else:
-        _run_workers(tasks, min(workers, len(tasks)), (tokenizer, spec, settings), total_bytes,
-                     progress, done)
-
-
-def _run_workers(tasks: list[_Task], workers: int, state: tuple, total_bytes: int,
-                 progress: bool, done) -> None:
-    """Worker processes pulling tasks from a queue. Unlike multiprocessing.Pool, a worker that
-    dies (out of memory, killed) fails the run instead of hanging it."""
-    # fork: workers inherit the loaded tokenizer and imported megatron-core (spawn re-imports
-    # megatron-core, ~2.5 s per worker, measured); they never touch torch, so forking is safe.
-    # They fork before the progress bar starts its monitor thread.
-    ctx = multiprocessing.get_context(
-        "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    task_queue, results = ctx.Queue(), ctx.Queue()
-    for t in [*tasks, *[None] * workers]:
-        task_queue.put(t)
-    procs = [ctx.Process(target=_worker, args=(*state, task_queue, results, os.getpid()),
-                         daemon=True) for _ in range(workers)]
-    for p in procs:
-        p.start()
-    by_key, finished = {t.key: t for t in tasks}, False
-    try:
-        with _Progress(total_bytes, progress) as bar:
-            remaining = len(tasks)
-            while remaining:
-                try:
-                    kind, *msg = results.get(timeout=0.5)
-                except queue_module.Empty:
-                    dead = [p for p in procs if p.exitcode not in (None, 0)]
-                    if dead:
-                        raise RuntimeError(f"worker pid {dead[0].pid} died (exit code "
-                                           f"{dead[0].exitcode}; out of memory?); committed parts "
-                                           "are reused on rerun") from None
-                    continue
-                if kind == "progress":
-                    bar.update(*msg)
-                elif kind == "error":
-                    unit = by_key[msg[0]].unit
-                    raise RuntimeError(f"tokenizing {unit.path} (unit {unit.index}) failed:\n"
-                                       f"{msg[1]}")
-                else:
-                    done(*msg)
-                    remaining -= 1
-        finished = True
-    finally:
-        for p in procs:
-            p.join(timeout=5 if finished else 0)  # on success they exit at their sentinel
-            if p.is_alive():
-                p.kill()
-                p.join()
-
-
-class _Progress:
-    """tqdm over input bytes (MB/s) with documents/s and tokens/s."""
-
-    def __init__(self, total_bytes: int, enabled: bool):
-        from tqdm import tqdm
-
-        self.start, self.docs, self.tokens = time.monotonic(), 0, 0
-        self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1000,
-                        disable=not enabled, mininterval=0.5, desc="tokenizing")
-
-    def __enter__(self) -> "_Progress":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.bar.close()
-
-    def update(self, docs: int, tokens: int, nbytes: int) -> None:
-        self.docs += docs
-        self.tokens += tokens
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        self.bar.set_postfix_str(f"{self.docs / elapsed:,.0f} docs/s, "
-                                 f"{self.tokens / elapsed:,.0f} tokens/s", refresh=False)
-        self.bar.update(nbytes)
+    run_tasks(tasks, workers, (tokenizer, spec, settings), progress, done)
 
 
 # ---- finishing a run -----------------------------------------------------------------------

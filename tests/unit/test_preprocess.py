@@ -13,7 +13,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatase
 from megatron.core.datasets.utils import Split
 
 from elama.data.manifest import ManifestError, read_manifest
-from elama.data.readers import Unit, iter_line_blocks, plan_units
+from elama.data.readers import Unit, chunk_offsets, iter_line_blocks, plan_units
 from elama.data.shards import DocumentBuilder
 from elama.data.tokenize import TooManyRejectsError, tokenize_files
 from elama.tokenizer import load_tokenizer
@@ -145,18 +145,27 @@ def test_document_builder_matches_megatron_per_document_add(tmp_path):
         assert (tmp_path / f"ours{suffix}").read_bytes() == (tmp_path / f"ref{suffix}").read_bytes()
 
 
+@pytest.mark.parametrize("taper", [False, True])
 @pytest.mark.parametrize("chunk_bytes", [1, 7, 64, 10_000])
-def test_jsonl_units_cover_every_line_once(tmp_path, chunk_bytes):
+def test_jsonl_units_cover_every_line_once(tmp_path, chunk_bytes, taper):
     rng = np.random.default_rng(0)
     lines = [b"x" * int(n) for n in rng.integers(0, 200, size=300)]
     path = tmp_path / "f.jsonl"
     path.write_bytes(b"\n".join(lines))  # no final newline: the last line still counts
     got = []
-    for unit in plan_units(str(path), chunk_bytes):
+    for unit in plan_units(str(path), chunk_bytes, taper):
         for block in iter_line_blocks(unit):
             got += block[0]
     assert got == lines
     assert list(iter_line_blocks(Unit(str(path), "jsonl", 0, 0, 0))) == []
+
+
+def test_tapered_chunks_shrink_toward_the_end():
+    assert chunk_offsets(1000, 100, taper=False) == list(range(100, 1000, 100))
+    offsets = chunk_offsets(1000, 100, taper=True)
+    sizes = [b - a for a, b in zip([0, *offsets], [*offsets, 1000])]
+    assert sizes[:8] == [100] * 8 and sizes[8:] == [100, 50, 25, 12, 13]
+    assert chunk_offsets(90, 100, taper=True) == []  # a file within one chunk stays whole
 
 
 def test_read_manifest_errors_name_the_file(tricky, tmp_path):

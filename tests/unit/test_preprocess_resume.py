@@ -82,9 +82,9 @@ def test_rerun_skips_finished_shards_and_redoes_changed_input(corpus, tmp_path):
 @pytest.mark.parametrize("failure", ["raises", "dies"])
 def test_worker_failure_fails_the_run_and_keeps_committed_work(corpus, tmp_path, monkeypatch,
                                                                failure):
-    from elama.data import tokenize
+    from elama.data import workers
 
-    real_write_part, calls = tokenize.write_part, []
+    real_write_part, calls = workers.write_part, []
 
     def flaky(*args, **kwargs):  # runs in each forked worker: its third unit fails
         calls.append(1)
@@ -94,14 +94,37 @@ def test_worker_failure_fails_the_run_and_keeps_committed_work(corpus, tmp_path,
             raise OSError("disk full")
         return real_write_part(*args, **kwargs)
 
-    monkeypatch.setattr(tokenize, "write_part", flaky)
+    monkeypatch.setattr(workers, "write_part", flaky)
     with pytest.raises(RuntimeError, match="disk full" if failure == "raises" else "died"):
         tokenize_files(corpus[:3], str(tmp_path / "ds"), workers=2, chunk_bytes=100_000,
                        progress=False)
     assert any(f.endswith(".json") for f in os.listdir(tmp_path / "ds.shards"))  # committed
-    monkeypatch.setattr(tokenize, "write_part", real_write_part)
+    monkeypatch.setattr(workers, "write_part", real_write_part)
     assert tokenize_files(corpus[:3], str(tmp_path / "ds"), workers=2, chunk_bytes=100_000,
                           progress=False)["documents_written"] == 4500
+
+
+def test_array_tasks_then_final_run_equal_one_run(corpus, tmp_path, monkeypatch):
+    """Tasks 0 and 1 of 2 at once (as a Slurm array), then the final merge: the same bytes as
+    one run, and the final run tokenizes nothing."""
+    import multiprocessing
+
+    from elama.data import workers
+
+    kwargs = dict(merge=True, max_reject_fraction=0.5, language_key="lang", progress=False)
+    tokenize_files(corpus, str(tmp_path / "one" / "ds"), **kwargs)
+    ctx = multiprocessing.get_context("fork")
+    tasks = [ctx.Process(target=tokenize_files, args=(corpus, str(tmp_path / "arr" / "ds")),
+                         kwargs=dict(kwargs, task_index=i, num_tasks=2)) for i in range(2)]
+    for p in tasks:
+        p.start()
+    for p in tasks:
+        p.join()
+    assert [p.exitcode for p in tasks] == [0, 0]
+    assert not os.path.exists(tmp_path / "arr" / "ds.manifest.json")
+    monkeypatch.setattr(workers, "write_part", None)  # the final run must find all shards done
+    tokenize_files(corpus, str(tmp_path / "arr" / "ds"), **kwargs)
+    assert _tree(str(tmp_path / "arr")) == _tree(str(tmp_path / "one"))
 
 
 @pytest.mark.slow  # two CLI starts (megatron-core imports ~3 s each)

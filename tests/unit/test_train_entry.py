@@ -42,14 +42,14 @@ def test_every_problem_reported_before_any_process_group(dataset, tmp_path, capl
     monkeypatch.setenv("WORLD_SIZE", "4")
     caplog.set_level(logging.ERROR)
     code = main(["model=tiny", _blend(dataset, tmp_path / "missing", other),
-                 "parallel.tp=2", "train.global_batch_size=3", "data.seq_len_tokens=4096",
+                 "parallel.tp=2", "train.global_batch_size=3", "data.seq_len_tokens=200000",
                  f"checkpoint.run_dir={tmp_path / 'run'}"])
     assert code == EXIT_CONFIG
     assert not dist.is_initialized()
     text = caplog.text
     for needle in (f"{tmp_path / 'missing'}.manifest.json: no such manifest",
                    "was tokenized with", "global_batch_size=3 is not divisible",
-                   "data.seq_len_tokens=4096 exceeds"):
+                   "data.seq_len_tokens=200000 exceeds"):
         assert needle in text, needle
 
 
