@@ -53,9 +53,8 @@ class Ranks:
 
 
 def train(world: int, argv: list[str], log_dir: Path, timeout_s: float = 600) -> list[int]:
-    ranks = Ranks(world, argv, log_dir)
-    codes = ranks.wait(timeout_s)
-    return codes
+    """Run elama.train on `world` ranks to the end; their exit codes."""
+    return Ranks(world, argv, log_dir).wait(timeout_s)
 
 
 def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.05) -> None:

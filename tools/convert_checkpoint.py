@@ -12,19 +12,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 
+from elama.convert.hf import parse_size
+
 _DTYPE_NAMES = ("bfloat16", "float16", "float32")
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
-               "GIB": 2**30}
-
-
-def _size(text: str) -> int:
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text)
-    if not match or match.group(2).upper() not in _SIZE_UNITS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 5GB or 500MB")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--dtype", choices=_DTYPE_NAMES, help="weights dtype (default: the checkpoint's)")
     exp.add_argument("--tokenizer", help="Llama 3 tokenizer.model (default: the run's, else llama-models')")
     exp.add_argument("--no-tokenizer", action="store_true", help="write no tokenizer files")
-    exp.add_argument("--max-shard-size", type=_size, default=5 * 10**9, help="e.g. 5GB, 500MB")
+    exp.add_argument("--max-shard-size", type=parse_size, default=5 * 10**9, help="e.g. 5GB, 500MB")
     for sp in (imp, exp):
         sp.add_argument("--force", action="store_true", help="replace an existing output directory")
         sp.add_argument("--no-progress", action="store_true", help="no progress bar")

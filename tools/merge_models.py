@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 
 import torch
 
-from elama.convert.hf import CheckpointError
+from elama.convert.hf import CheckpointError, parse_size
 from elama.merge import METHODS, MergeError, MergeSpec, merge_checkpoints, sweep, table_cells
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
-               "GIB": 2**30}
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -31,12 +28,6 @@ def _override(text: str) -> tuple[str, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not PATTERN=ALPHA") from None
 
-
-def _size(text: str) -> int:
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text)
-    if not match or match.group(2).upper() not in _SIZE_UNITS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 5GB or 500MB")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
 
 
 def format_table(rows: list[dict]) -> str:
@@ -60,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--override", type=_override, action="append", default=[], metavar="PATTERN=ALPHA",
                    help="alpha for tensors matching an fnmatch pattern, e.g. 'model.embed_tokens.*=0'")
     p.add_argument("--dtype", choices=sorted(_DTYPES), help="output dtype (default: the base's)")
-    p.add_argument("--max-shard-size", type=_size, default=5 * 10**9, help="e.g. 5GB, 500MB")
+    p.add_argument("--max-shard-size", type=parse_size, default=5 * 10**9, help="e.g. 5GB, 500MB")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

@@ -43,16 +43,20 @@ def validate(cfg: ElamaConfig, world_size: int, *, planning: bool = False,
         raise ConfigError(problems)
 
 
+def _at_least(section: str, obj, names: Iterable[str], minimum: int) -> List[str]:
+    return [f"{section}.{name}={getattr(obj, name)} must be >= {minimum}"
+            for name in names if getattr(obj, name) < minimum]
+
+
 def _choice(value, options, override: str) -> List[str]:
     return [] if value in options else [f"{override}={value!r} is not one of {list(options)}"]
 
 
 def _check_model(cfg: ElamaConfig, world_size: int) -> List[str]:
-    m, out = cfg.model, []
-    for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
-                 "num_query_groups", "vocab_size", "max_seq_len_tokens"):
-        if getattr(m, name) < 1:
-            out.append(f"model.{name}={getattr(m, name)} must be >= 1")
+    m = cfg.model
+    out = _at_least("model", m, ("num_layers", "hidden_size", "ffn_hidden_size",
+                                 "num_attention_heads", "num_query_groups", "vocab_size",
+                                 "max_seq_len_tokens"), 1)
     if out:
         return out
     if m.num_attention_heads % m.num_query_groups:
@@ -83,10 +87,8 @@ def _check_model(cfg: ElamaConfig, world_size: int) -> List[str]:
 
 
 def _check_parallel(cfg: ElamaConfig, world_size: int) -> List[str]:
-    p, m, out = cfg.parallel, cfg.model, []
-    for name in ("tp", "pp", "vpp", "cp"):
-        if getattr(p, name) < 1:
-            out.append(f"parallel.{name}={getattr(p, name)} must be >= 1")
+    p, m = cfg.parallel, cfg.model
+    out = _at_least("parallel", p, ("tp", "pp", "vpp", "cp"), 1)
     if out or _check_model(cfg, world_size):
         return out  # divisibility below needs sane degrees and a sane model
     model_parallel = p.tp * p.pp * p.cp
@@ -117,13 +119,10 @@ def _check_parallel(cfg: ElamaConfig, world_size: int) -> List[str]:
 
 
 def _check_batch(cfg: ElamaConfig, world_size: int) -> List[str]:
-    t, p, out = cfg.train, cfg.parallel, []
-    for name in ("micro_batch_size", "global_batch_size", "train_steps", "log_interval"):
-        if getattr(t, name) < 1:
-            out.append(f"train.{name}={getattr(t, name)} must be >= 1")
-    for name in ("eval_interval", "eval_steps", "exit_interval"):
-        if getattr(t, name) < 0:
-            out.append(f"train.{name}={getattr(t, name)} must be >= 0")
+    t, p = cfg.train, cfg.parallel
+    out = _at_least("train", t, ("micro_batch_size", "global_batch_size", "train_steps",
+                                 "log_interval"), 1)
+    out += _at_least("train", t, ("eval_interval", "eval_steps", "exit_interval"), 0)
     out += _choice(t.nonfinite, NONFINITE_POLICIES, "train.nonfinite")
     dp = derived_dp(cfg, world_size)  # 0 without a valid layout (reported by _check_parallel)
     if not out and dp >= 1:
@@ -165,9 +164,7 @@ def _check_optim(cfg: ElamaConfig, world_size: int) -> List[str]:
         out.append(f"optim.decay_steps={o.decay_steps} must be >= 1 (or null)")
     if o.schedule == "wsd" and o.wsd_decay_steps < 1:
         out.append(f"optim.schedule=wsd needs optim.wsd_decay_steps >= 1, got {o.wsd_decay_steps}")
-    for name in ("weight_decay", "clip_grad", "adam_eps"):
-        if getattr(o, name) < 0:
-            out.append(f"optim.{name}={getattr(o, name)} must be >= 0")
+    out += _at_least("optim", o, ("weight_decay", "clip_grad", "adam_eps"), 0)
     for name in ("adam_beta1", "adam_beta2"):
         if not 0 <= getattr(o, name) < 1:
             out.append(f"optim.{name}={getattr(o, name)} must be within [0, 1)")
@@ -177,8 +174,7 @@ def _check_optim(cfg: ElamaConfig, world_size: int) -> List[str]:
 def _check_data(cfg: ElamaConfig, world_size: int) -> List[str]:
     d, out = cfg.data, []
     out += _choice(d.source, DATA_SOURCES, "data.source")
-    if d.seq_len_tokens < 1:
-        out.append(f"data.seq_len_tokens={d.seq_len_tokens} must be >= 1")
+    out += _at_least("data", d, ("seq_len_tokens",), 1)
     for i, entry in enumerate(d.train_blend):
         if not (entry.weight > 0 and math.isfinite(entry.weight)):
             out.append(f"data.train_blend[{i}].weight={entry.weight} must be a positive number")

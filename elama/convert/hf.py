@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,6 +27,17 @@ SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokeni
               "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
               "chat_template.json")
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # the Hub's usual 5 GB shards
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
+               "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as 5GB, 500MB or 2GiB (shard sizes on the command line)."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).upper() not in _SIZE_UNITS:
+        raise ValueError(f"{text!r} is not a size like 5GB or 500MB")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
 
 
 def read_json(path: Path) -> dict:
