@@ -74,3 +74,11 @@ def test_changed_blend_on_resume_needs_replan(dataset, tmp_path):
     assert check_resume(cfg, 1) == []
     cfg.model.num_layers = 8
     assert any("model.num_layers=8" in p for p in check_resume(cfg, 1))
+
+
+def test_check_mode_refuses_an_unwritable_run_dir_and_passes_a_good_one(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    assert main(["--check", "data=synthetic", "checkpoint.run_dir=/proc/elama-run"]) == EXIT_CONFIG
+    assert "checkpoint.run_dir=/proc/elama-run is not writable" in caplog.text
+    assert main(["--check", "data=synthetic", f"checkpoint.run_dir={tmp_path / 'run'}"]) == 0
+    assert (tmp_path / "run").is_dir() and not dist.is_initialized()
