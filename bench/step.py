@@ -85,8 +85,8 @@ def main() -> int:
 
     def hf_step() -> float:
         hf_optimizer.zero_grad(set_to_none=True)
-        loss = hf_model(input_ids=batch["tokens"], labels=None).logits
-        loss = torch.nn.functional.cross_entropy(loss.view(-1, loss.shape[-1]).float(),
+        logits = hf_model(input_ids=batch["tokens"]).logits
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]).float(),
                                                  batch["labels"].view(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(hf_model.parameters(), cfg.optim.clip_grad)

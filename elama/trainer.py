@@ -215,9 +215,10 @@ class Trainer:
             self.save()
 
     def save(self) -> None:
+        config = to_dict(self.cfg)
         meta = {"kind": "train", "step": self.state.step,
-                "train_state": dataclasses.asdict(self.state), "config": to_dict(self.cfg),
-                "model": to_dict(self.cfg)["model"], "layout": self.dims.describe(),
+                "train_state": dataclasses.asdict(self.state), "config": config,
+                "model": config["model"], "layout": self.dims.describe(),
                 "data": self.data_plan, "versions": checkpoint.versions()}
         path = checkpoint.save_checkpoint(self.run_dir, self.state.step, model=self.model,
                                           optimizer=self.optimizer, meta=meta,
