@@ -1,6 +1,7 @@
 """Model merging over Hugging Face safetensors checkpoints: linear (e-Llama's), SLERP, task
-arithmetic and TIES, streamed tensor by tensor in float32; compatibility checks that refuse what
-cannot be merged; alpha sweeps with an evaluation hook. No megatron."""
+arithmetic and TIES, streamed tensor by tensor in float32 row blocks (elama.merge_stream);
+compatibility checks that refuse what cannot be merged (non-finite inputs included); alpha sweeps
+with an evaluation hook. No megatron."""
 from __future__ import annotations
 
 import contextlib
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from elama import merge_stream
 from elama.convert.hf import (DEFAULT_MAX_SHARD_BYTES, HFCheckpointReader, ShardedSafetensorsWriter,
                               TensorMeta, check_output_dir, copy_side_files, staged_output_dir,
                               tokenizer_hashes, write_json)
@@ -24,14 +26,11 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("linear", "slerp", "task_arithmetic", "ties")
 INTERPOLATIONS = ("linear", "slerp")  # exactly one model; alpha in [0, 1]
-ELEMENTWISE = ("linear", "task_arithmetic")  # streamed in row blocks; the others need whole tensors
 # config.json fields that change what the weights mean; any difference refuses the merge.
 ARCH_FIELDS = ("model_type", "architectures", "vocab_size", "hidden_size", "intermediate_size",
                "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
                "hidden_act", "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters",
                "tie_word_embeddings", "attention_bias", "mlp_bias")
-READ_BLOCK_BYTES = 16 << 20  # rows read per input at a time
-COMPUTE_CHUNK_ELEMS = 1 << 16  # float32 working set per operand stays in the L2 cache
 MERGE_INFO_FILE = "elama_merge.json"
 
 
@@ -165,13 +164,22 @@ def merge_slerp(base: torch.Tensor, model: torch.Tensor, t: float, eps: float = 
     With |base| = |model| the result keeps that norm; linear where the angle is (nearly) 0 or pi."""
     if t in (0.0, 1.0):
         return (base if t == 0.0 else model).clone()
-    norms = math.sqrt(_dot64(base, base)) * math.sqrt(_dot64(model, model))
-    cos = _dot64(base, model) / norms if norms > 0 else 1.0
-    if abs(cos) > 1.0 - eps:
+    coefficients = slerp_coefficients(_dot64(base, base), _dot64(model, model),
+                                      _dot64(base, model), t, eps)
+    if coefficients is None:
         return merge_linear(base, model, t)
+    return base.mul(coefficients[0]).add_(model, alpha=coefficients[1])
+
+
+def slerp_coefficients(bb: float, mm: float, bm: float, t: float,
+                       eps: float) -> tuple[float, float] | None:
+    """SLERP's (s0, s1) from the dot products, or None where the arc is undefined (linear)."""
+    norms = math.sqrt(bb) * math.sqrt(mm)
+    cos = bm / norms if norms > 0 else 1.0
+    if abs(cos) > 1.0 - eps:
+        return None
     theta = math.acos(max(-1.0, min(1.0, cos)))
-    s0, s1 = math.sin((1.0 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
-    return base.mul(s0).add_(model, alpha=s1)
+    return math.sin((1.0 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
 
 
 def merge_task_arithmetic(base: torch.Tensor, models: Sequence[torch.Tensor],
@@ -199,10 +207,7 @@ def merge_ties(base: torch.Tensor, models: Sequence[torch.Tensor], weights: Sequ
     each entry's sign as the sign of the summed trimmed vectors (the heavier side), average only
     the nonzero values agreeing with it, add alpha times that to the base."""
     taus = torch.stack([w * trim_to_density(m - base, density) for m, w in zip(models, weights)])
-    sign = taus.sum(dim=0).sign()
-    agree = (taus.sign() == sign) & (taus != 0)
-    merged = (taus * agree).sum(dim=0) / agree.sum(dim=0).clamp(min=1)
-    return base + alpha * merged
+    return merge_stream.ties_combine(base, taus, alpha)
 
 
 Kernel = Callable[[torch.Tensor, Sequence[torch.Tensor]], torch.Tensor]
@@ -239,41 +244,46 @@ def merge_tensor(name: str, base: HFCheckpointReader, models: Sequence[HFCheckpo
     return fn(ins[0], ins[1:]).to(output_dtype(meta, spec))
 
 
-def _scratch(bufs: dict[int, torch.Tensor], slot: int, shape: tuple[int, ...],
-             dtype: torch.dtype) -> torch.Tensor:
-    """A view of the reused byte buffer bufs[slot], grown if needed. Reuse matters: a fresh
-    allocation page-faults on every block, which costs more than reading page-cached data."""
-    nbytes = math.prod(shape) * dtype.itemsize
-    if slot not in bufs or bufs[slot].numel() < nbytes:
-        bufs[slot] = torch.empty(nbytes, dtype=torch.uint8)
-    return bufs[slot][:nbytes].view(dtype).view(shape)
-
-
 def write_merged_tensor(name: str, base: HFCheckpointReader, models: Sequence[HFCheckpointReader],
                         spec: MergeSpec, writer: ShardedSafetensorsWriter, bufs: dict) -> None:
-    """Merge one tensor into a planned writer. Elementwise methods stream it in row blocks; SLERP
-    and TIES need the whole tensor (one angle, one magnitude threshold per tensor), so they hold a
-    few float32 copies of it."""
+    """Merge one tensor into a planned writer, in row blocks for every method: SLERP first reads
+    the tensor for its angle, TIES for each task vector's magnitude threshold."""
     meta = base.meta(name)
-    if spec.method not in ELEMENTWISE or not meta.dtype.is_floating_point or meta.numel == 0 \
-            or not meta.shape:
-        writer.add(name, merge_tensor(name, base, models, spec))
-        return
-    fn = _kernel(spec, spec.alpha_for(name), len(models))
-    readers, out_dtype = (base, *models), output_dtype(meta, spec)
-    rows_per_block = max(1, READ_BLOCK_BYTES // meta.row_bytes)
-    for r0 in range(0, meta.rows, rows_per_block):
-        shape = (min(rows_per_block, meta.rows - r0), *meta.shape[1:])
-        ins = [r.read_rows_into(name, r0, _scratch(bufs, i, shape, r.meta(name).dtype)).view(-1)
-               for i, r in enumerate(readers)]
-        out = _scratch(bufs, len(readers), shape, out_dtype)
-        flat = out.view(-1)
-        # Small chunks keep the float32 temporaries in cache: the pass costs about one read of
-        # the inputs and one write of the output, not several sweeps over float32 copies.
-        for c in range(0, flat.numel(), COMPUTE_CHUNK_ELEMS):
-            chunk = [t[c:c + COMPUTE_CHUNK_ELEMS].float() for t in ins]
-            flat[c:c + chunk[0].numel()].copy_(fn(chunk[0], chunk[1:]))
-        writer.add_rows(name, r0, out)
+    try:
+        if not meta.dtype.is_floating_point or meta.numel == 0 or not meta.shape:
+            writer.add(name, _checked(name, (base, *models), merge_tensor(name, base, models, spec)))
+            return
+        merge_stream.write_blocks(name, (base, *models), _block_kernel(name, base, models, spec, bufs),
+                                  output_dtype(meta, spec), writer, bufs)
+    except merge_stream.NonFiniteInput as e:
+        raise MergeError(str(e)) from None
+
+
+def _block_kernel(name: str, base, models, spec: MergeSpec, bufs: dict) -> Kernel:
+    alpha = spec.alpha_for(name)
+    if spec.method == "slerp" and alpha not in (0.0, 1.0):
+        dots = merge_stream.slerp_dots(name, (base, *models), bufs)
+        coefficients = slerp_coefficients(*dots, alpha, spec.slerp_colinear_eps)
+        if coefficients is not None:
+            s0, s1 = coefficients
+            return lambda b, ms: b.mul(s0).add_(ms[0], alpha=s1)
+    elif spec.method == "ties":
+        thresholds = merge_stream.ties_thresholds(name, (base, *models), bufs, spec.density)
+        return merge_stream.ties_kernel(thresholds, spec.model_weights(len(models)), alpha)
+    elif spec.method != "slerp":
+        return _kernel(spec, alpha, len(models))
+    return lambda b, ms: merge_linear(b, ms[0], alpha)  # exact endpoints, or a colinear pair
+
+
+def _checked(name: str, readers: Sequence, merged: torch.Tensor) -> torch.Tensor:
+    """A whole (scalar or integer) tensor: its inputs must be finite too."""
+    for r in readers:
+        tensor = r.get(name)
+        if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+            raise merge_stream.NonFiniteInput(f"tensor {name} of {r.path} holds NaN or inf: "
+                                              "nothing was written; repair or leave out that "
+                                              "checkpoint")
+    return merged
 
 
 @dataclass

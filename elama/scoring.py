@@ -1,7 +1,7 @@
 """Scoring with megatron-core: a trainer or converted checkpoint loaded at any tp/pp (on CPU through
 the CPU device layer), run forward-only on token ids, giving full-vocabulary float32 logits.
 The path logits parity is tested on (tools/logits.py) and the one evaluation of elama checkpoints
-reuses. (elama.eval itself stays megatron-free: it scores Hugging Face models.)
+reuses: elama.eval reaches megatron only through this module (padded logits, indexed documents).
 """
 from __future__ import annotations
 
@@ -169,3 +169,67 @@ def _txt_line(path: Path, lineno: int, line: str) -> list[int]:
         return [int(tok) for tok in line.split()]
     except ValueError:
         raise ScoringError(f"{path}:{lineno}: expected integers separated by spaces") from None
+
+
+def read_indexed_documents(prefix: str | Path) -> list[np.ndarray]:
+    """The documents (int64 token arrays) of a megatron indexed dataset <prefix>.bin/.idx, in
+    order: what evaluation reads, so that eval uses megatron only through this module."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    ds = IndexedDataset(str(prefix), mmap=True)
+    return [np.asarray(ds[i], dtype=np.int64) for i in range(len(ds))]
+
+
+def padded_logits(chunks: list, seqs: Sequence[Sequence[int]], *, pad_id: int = 0,
+                  multiple_of: int = 8) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(logits as compute_logits gives them, the int64 tokens [batch, length]) for sequences of
+    different lengths, right-padded to one length, a multiple of `multiple_of` (tensor/sequence
+    parallel split the sequence). Causal attention keeps padding away from real positions, so
+    logits[i, :len(seqs[i])] are those of the unpadded sequence. Every rank passes the same seqs."""
+    length = -(-max(len(s) for s in seqs) // multiple_of) * multiple_of
+    tokens = torch.full((len(seqs), length), pad_id, dtype=torch.int64)
+    for i, s in enumerate(seqs):
+        tokens[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.int64)
+    return compute_logits(chunks, tokens), tokens
+
+
+def open_scoring_model(ckpt: str | Path, overrides: Sequence[str] = ()):
+    """(config, dims, chunks, started): a checkpoint loaded for scoring on this rank, process
+    groups started from the launcher's environment unless already up (`started` says whether
+    this call started them, for close_scoring)."""
+    import os
+
+    import torch.distributed as dist
+
+    from elama.parallel import setup
+    from elama.parallel.dims import ParallelDims
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cfg, iter_dir = build_scoring_config(ckpt, overrides, world_size=world)
+    dims = ParallelDims.from_config(cfg.parallel, world)
+    started = not dist.is_initialized()
+    if started and world == 1 and "MASTER_ADDR" not in os.environ:
+        setup.init_single_process(device=cfg.device, seed=cfg.seed)
+    elif started:
+        setup.init_distributed(dims, device=cfg.device, seed=cfg.seed)
+    return cfg, dims, load_scoring_model(cfg, dims, iter_dir), started
+
+
+def share_from_last_stage(obj, dims):
+    """The last pipeline stage's `obj` on every rank of its pipeline (a no-op without pp)."""
+    if dims.pp == 1:
+        return obj
+    import torch.distributed as dist
+
+    from elama.parallel import setup
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=setup.last_stage_rank(), group=setup.pp_group())
+    return box[0]
+
+
+def close_scoring(started: bool) -> None:
+    if started:
+        from elama.parallel import setup
+
+        setup.destroy_distributed()

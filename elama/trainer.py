@@ -16,12 +16,12 @@ import torch
 import torch.distributed as dist
 
 from elama import checkpoint
-from elama.config import ElamaConfig, to_dict
+from elama.config import ConfigError, ElamaConfig, to_dict
 from elama.data.loader import build_train_data, build_valid_data
 from elama.metrics import MetricsLogger, peak_tflops
 from elama.model.llama import flops_per_token
 from elama.optim import apply_lr, build_optimizer, lr_at, optimizer_step
-from elama.parallel import parallelize_llama, setup
+from elama.parallel import parallelize_llama, patches, setup
 from elama.parallel.dims import ParallelDims
 from elama.preemption import PreemptionWatch
 from elama.step import forward_step
@@ -97,20 +97,36 @@ def reduce_loss(reports: list) -> tuple[float, int]:
     return (loss_sum / tokens if tokens else float("nan")), int(tokens)
 
 
+def _check_relayout(cfg: ElamaConfig) -> None:
+    """Before any process group: a checkpoint whose optimizer state cannot take this layout."""
+    resume_dir = checkpoint.find_resume(cfg.checkpoint.run_dir)
+    problem = resume_dir and checkpoint.relayout_problem(checkpoint.read_meta(resume_dir),
+                                                         cfg.parallel, resume_dir)
+    if problem:
+        raise ConfigError([problem])
+
+
 class Trainer:
     def __init__(self, cfg: ElamaConfig, world_size: int):
         self.cfg, self.run_dir = cfg, Path(cfg.checkpoint.run_dir)
         self.dims = ParallelDims.from_config(cfg.parallel, world_size)
+        _check_relayout(cfg)
         setup.init_distributed(self.dims, device=cfg.device, seed=cfg.seed,
                                timeout_s=cfg.parallel.timeout_s)
         self.model, self.tc = parallelize_llama(cfg, self.dims)
         self.state = TrainState()
+        self.saved_data_plan = None  # the resumed checkpoint's, which the data keeps
         resume_dir = checkpoint.find_resume(self.run_dir)
         if resume_dir is not None:
             checkpoint.load_model(self.model, resume_dir / "model")
         elif cfg.checkpoint.init_from:
             source = checkpoint.resolve(cfg.checkpoint.init_from)
-            checkpoint.load_model(self.model, source / "model")
+            if cfg.lora.rank > 0:  # the base weights; the new adapters keep their init
+                from elama.model.lora import load_base_weights
+
+                load_base_weights(self.model, source / "model")
+            else:
+                checkpoint.load_model(self.model, source / "model")
             logger.info("initialised weights from %s (fresh optimizer and schedule)", source)
         self.optimizer = build_optimizer(cfg, self.model)
         self.tc.grad_scale_func = self.optimizer.scale_loss
@@ -118,21 +134,29 @@ class Trainer:
             self._restore(resume_dir)
         self.microbatches = self.dims.num_microbatches(cfg.train.global_batch_size,
                                                        cfg.train.micro_batch_size)
-        self.train_iters, self.data_plan = build_train_data(cfg, self.dims, self.state.consumed_samples)
+        self.train_iters, self.data_plan = build_train_data(cfg, self.dims, self.state.consumed_samples,
+                                                            self.saved_data_plan)
         self.valid_sets = build_valid_data(cfg, self.dims)
         self.metrics = MetricsLogger(
             str(self.run_dir), enabled=dist.get_rank() == 0, world_size=world_size,
             flops_per_token=flops_per_token(cfg.model, cfg.data.seq_len_tokens),
             peak_tflops_per_device=peak_tflops(cfg.logging.peak_tflops_per_device, cfg.device),
-            tensorboard=cfg.logging.tensorboard, jsonl=cfg.logging.jsonl, device=cfg.device)
+            tensorboard=cfg.logging.tensorboard, jsonl=cfg.logging.jsonl, device=cfg.device,
+            train_steps=cfg.train.train_steps, logging_cfg=cfg.logging, run_config=to_dict(cfg))
         self.preemption = PreemptionWatch(setup.comm_device())
+        self.saver = checkpoint.Saver(optimizer_format=cfg.checkpoint.optimizer_format,
+                                      async_save=cfg.checkpoint.async_save)
         self.saved_step = self.state.step if resume_dir is not None else None
 
     def _restore(self, resume_dir: Path) -> None:
         meta = checkpoint.read_meta(resume_dir)
-        checkpoint.load_optimizer(self.optimizer, self.model, resume_dir / "optimizer")
+        fmt = meta.get("optimizer_format", checkpoint.LEGACY_OPTIMIZER_FORMAT)
+        applied = patches.prepare_optimizer_load(self.optimizer, fmt, self.cfg.device)
+        checkpoint.load_optimizer(self.optimizer, self.model, resume_dir / "optimizer", fmt)
+        patches.finish_optimizer_load(self.optimizer, applied)
         self.state = TrainState(**meta["train_state"])
-        checkpoint.load_rng(resume_dir / "rng", self.dims.describe())
+        self.saved_data_plan = meta.get("data")
+        checkpoint.load_rng(resume_dir / "rng", self.dims.describe(), meta.get("layout"))
         logger.info("resumed from %s at step %d (%d samples consumed)", resume_dir,
                     self.state.step, self.state.consumed_samples)
 
@@ -149,18 +173,22 @@ class Trainer:
                                 micro_batch_size=cfg.train.micro_batch_size,
                                 clip_grad=cfg.optim.clip_grad)
             self._advance(result)
+            self.saver.maybe_commit()  # a collective while an async save is in flight
             self.maybe_log(result, lr)
             self.maybe_eval()
             if self.preemption.requested():
                 self.save()
+                self.saver.wait()
                 return "preempted"
             self.maybe_save()
             if cfg.train.exit_interval and state.step % cfg.train.exit_interval == 0:
                 if self.saved_step != state.step:
                     self.save()
+                self.saver.wait()
                 return "exited"
         if self.saved_step != state.step:
             self.save()
+        self.saver.wait()  # the tracker names the last checkpoint before the run reports done
         return "done"
 
     def _advance(self, result: StepResult) -> None:
@@ -219,15 +247,18 @@ class Trainer:
         meta = {"kind": "train", "step": self.state.step,
                 "train_state": dataclasses.asdict(self.state), "config": config,
                 "model": config["model"], "layout": self.dims.describe(),
+                "mode": self.cfg.train.mode, "lora": config["lora"],
+                "base": self.cfg.checkpoint.init_from,
                 "data": self.data_plan, "versions": checkpoint.versions()}
-        path = checkpoint.save_checkpoint(self.run_dir, self.state.step, model=self.model,
-                                          optimizer=self.optimizer, meta=meta,
-                                          layout=self.dims.describe(),
-                                          keep_last=self.cfg.checkpoint.keep_last)
+        self.saver.save(self.run_dir, self.state.step, model=self.model, optimizer=self.optimizer,
+                        meta=meta, layout=self.dims.describe(),
+                        keep_last=self.cfg.checkpoint.keep_last)
         self.saved_step = self.state.step
-        logger.info("saved %s", path)
+        logger.info("saving step %d (%s)", self.state.step,
+                    "in the background" if self.cfg.checkpoint.async_save else "committed")
 
     def close(self) -> None:
+        self.saver.close()
         self.metrics.close()
         self.preemption.close()
         setup.destroy_distributed()

@@ -2,13 +2,15 @@
 
 `run_distributed(fn, world_size, *args)` returns each rank's return value, in rank order. The
 function must be importable at module level (spawn pickles it by name). A failing rank raises in
-the parent with that rank's traceback; a hung group is killed after `timeout_s`.
+the parent with that rank's traceback; a hung group is killed after `timeout_s`. Each rank leads a
+process group that is ended at the finish, so nothing a rank started outlives it.
 """
 from __future__ import annotations
 
 import os
 import pickle
 import queue
+import signal
 import socket
 import traceback
 from typing import Any, Callable
@@ -24,6 +26,7 @@ def free_port() -> int:
 
 
 def _child(rank: int, world_size: int, port: int, fn: Callable, args: tuple, results) -> None:
+    os.setpgid(0, 0)  # lead a process group: the parent ends it, with any child started here
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
         WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
@@ -42,6 +45,15 @@ def _child(rank: int, world_size: int, port: int, fn: Callable, args: tuple, res
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _end_group(pgid: int) -> None:
+    """kill -9 what a rank left in its process group (a checkpointing Manager, writers): a
+    killed or failed rank's children would otherwise outlive the test."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def run_distributed(fn: Callable, world_size: int, *args: Any, timeout_s: float = 600) -> list:
@@ -72,6 +84,7 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout_s: float 
             if p.is_alive():
                 p.kill()
                 p.join()
+            _end_group(p.pid)
     if errors:
         raise RuntimeError(f"{fn.__name__} failed on {world_size} ranks:\n" + "\n".join(errors))
     return [out[r] for r in range(world_size)]

@@ -2,7 +2,8 @@
 blend and a token budget, the epochs each corpus would be repeated.
 
   elama-data-stats data/ecommerce data/general
-  elama-data-stats --blend 0.5 data/ecommerce 0.5 data/general --token-budget 1T
+  elama-data-stats --blend 0.5 data/ecommerce 0.5 data/general --token-budget 1T --plot tokens.png
+Weights are relative: when they do not sum to 1 they are normalised, and a note says so.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import json
 import sys
 
 from elama.data.stats import (blend_rows, corpus_rows, format_blend_table, format_corpus_table,
-                              parse_blend, parse_token_count)
+                              normalization_note, parse_blend, parse_token_count,
+                              plot_language_bars)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prefixes", nargs="*", help="dataset prefixes (<prefix>.manifest.json)")
     p.add_argument("--blend", nargs="+", metavar="WEIGHT_OR_PREFIX",
                    help="weight prefix pairs: 0.5 data/ecommerce 0.5 data/general")
-    p.add_argument("--token-budget", default="1T", help="training tokens, e.g. 1T, 250B")
+    p.add_argument("--token-budget", default="1T", help="training tokens, e.g. 1T, 250B (default: 1T)")
+    p.add_argument("--plot", metavar="PNG",
+                   help="write a bar chart of tokens per source and language (with --blend: the "
+                        "tokens the budget draws from each)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return p
 
@@ -38,6 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # ManifestError included: it names the file
         print(f"elama-data-stats: error: {e}", file=sys.stderr)
         return 2
+    note = normalization_note(mix) if mix else None
+    if note:
+        print(f"elama-data-stats: note: {note}", file=sys.stderr)
+    if args.plot:
+        try:
+            plot_language_bars(mix or corpora, args.plot, budget=bool(mix))
+        except OSError as e:
+            print(f"elama-data-stats: error: --plot {args.plot}: {e.strerror}", file=sys.stderr)
+            return 2
+        print(f"elama-data-stats: wrote {args.plot}", file=sys.stderr)
     if args.json:
         print(json.dumps({"corpora": corpora, "blend": mix, "token_budget": budget}, indent=2))
         return 0

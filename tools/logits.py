@@ -25,12 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tokens", help="token ids: .npy, .json or .txt")
     p.add_argument("out", help="output .npy of float32 logits [batch, seq, vocab]")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. parallel.tp=2 parallel.pp=2")
-    p.add_argument("--micro-batch-size", type=int, default=1, help="sequences per forward pass")
+    p.add_argument("--micro-batch-size", type=int, default=1,
+                   help="sequences per forward pass (default: 1)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from elama.logs import quiet_warnings
+
+    quiet_warnings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("megatron").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     from elama.config import ConfigError
     from elama.convert.hf import CheckpointError as HFError

@@ -1,5 +1,6 @@
 """The typed configuration of a run: the schema (config/schema.py), Hydra composition of conf/
-(here), validation (config/checks.py).
+(here), validation (config/checks.py); what overrides may name (overrides.py, fields.py) and the
+commands' --help / --cfg job (help.py).
 
 Hydra composes conf/ (its compose API, never @hydra.main), OmegaConf checks types against the
 dataclasses, and `OmegaConf.to_object` runs once in `load_config`; nothing below sees a DictConfig.
@@ -12,6 +13,7 @@ import dataclasses
 from typing import Iterable
 
 from elama.config.checks import Check, derived_dp, validate
+from elama.config.overrides import compose_problem, unknown_composed_keys, unknown_override_problems
 from elama.config.schema import (
     BlendEntry, CheckpointConfig, ConfigError, DataConfig, ElamaConfig, LoggingConfig,
     ModelConfig, NamedBlend, OptimConfig, ParallelConfig, TrainConfig,
@@ -34,16 +36,26 @@ def load_config(overrides: Iterable[str] = (), config_name: str = "config") -> E
     # overrides are merged into typed nodes: unknown keys and wrong types fail at compose time.
     ConfigStore.instance().store(name="elama_schema", node=ElamaConfig)
     overrides = list(overrides)
+    # Hydra's `+key=value` adds a key even to a typed config, where it would be ignored: every
+    # override must name a schema field or a config group.
+    problems = unknown_override_problems(overrides)
+    if problems:
+        raise ConfigError(problems)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module("elama_conf", version_base="1.3"):
             composed = compose(config_name=config_name, overrides=overrides)
+        problems = unknown_composed_keys(composed)
+        if problems:
+            raise ConfigError(problems)
         return OmegaConf.to_object(composed)
     except OmegaConfBaseException as e:
-        raise ConfigError([f"{e.__class__.__name__}: {e}".replace("\n", " ")]) from None
+        raise ConfigError([compose_problem(e)]) from None
     except Exception as e:  # Hydra's own errors: unknown group option, bad override syntax
         if e.__class__.__module__.startswith("hydra"):
-            raise ConfigError([f"{e}".replace("\n", " ")]) from None
+            cause = e.__cause__
+            raise ConfigError([compose_problem(cause) if isinstance(cause, OmegaConfBaseException)
+                               else f"{e}".replace("\n", " ")]) from None
         raise
     finally:
         GlobalHydra.instance().clear()

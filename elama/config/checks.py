@@ -7,7 +7,7 @@ import math
 from typing import Callable, Iterable, List
 
 from elama.config.schema import (
-    DATA_SOURCES, FP8_FORMATS, FP8_RECIPES, NONFINITE_POLICIES, PRECISIONS, RECOMPUTE, SCHEDULES,
+    CORE_ATTENTION, DATA_SOURCES, FP8_FORMATS, LORA_TARGETS, SFT_UNITS, TRAIN_MODES, FP8_RECIPES, NONFINITE_POLICIES, PRECISIONS, RECOMPUTE, SCHEDULES,
     ConfigError, ElamaConfig, ParallelConfig, TrainConfig,
 )
 
@@ -33,7 +33,8 @@ def validate(cfg: ElamaConfig, world_size: int, *, planning: bool = False,
     further checkers (e.g. the blend's manifests) whose problems join the same report.
     """
     problems: List[str] = []
-    for check in (_check_model, _check_parallel, _check_batch, _check_optim, _check_data):
+    for check in (_check_model, _check_parallel, _check_batch, _check_optim, _check_data,
+                  _check_sft):
         problems += check(cfg, world_size)
     if not planning:
         problems += _check_run_inputs(cfg)
@@ -73,6 +74,7 @@ def _check_model(cfg: ElamaConfig, world_size: int) -> List[str]:
     out += _choice(m.fp8_recipe, FP8_RECIPES, "model.fp8_recipe")
     out += _choice(m.fp8_amax_compute_algo, ("max", "most_recent"), "model.fp8_amax_compute_algo")
     out += _choice(m.recompute, RECOMPUTE, "model.recompute")
+    out += _choice(m.core_attention, CORE_ATTENTION, "model.core_attention")
     out += _choice(m.recompute_method, ("uniform", "block"), "model.recompute_method")
     if m.precision == "fp8" and m.transformer_impl != "te":
         out.append("model.precision=fp8 needs Transformer Engine: set model.transformer_impl=te")
@@ -111,8 +113,10 @@ def _check_parallel(cfg: ElamaConfig, world_size: int) -> List[str]:
         out.append(f"parallel.vpp={p.vpp} interleaves pipeline stages and needs parallel.pp >= 2")
     if p.sequence_parallel and p.tp < 2:
         out.append("parallel.sequence_parallel=true needs parallel.tp >= 2")
-    if p.cp > 1 and m.transformer_impl != "te":
-        out.append(f"parallel.cp={p.cp} needs Transformer Engine attention: model.transformer_impl=te")
+    if p.cp > 1:  # refused until the per-cp-rank split and the dp x cp loss reduction exist
+        out.append(f"parallel.cp={p.cp}: context parallelism is not supported yet (nothing splits "
+                   "each sequence over the cp ranks, nor reduces the loss over data x context "
+                   "parallel, so it would train on wrong numbers); set parallel.cp=1")
     if p.overlap_param_gather and not p.distributed_optimizer:
         out.append("parallel.overlap_param_gather=true needs parallel.distributed_optimizer=true")
     return out
@@ -193,6 +197,12 @@ def _check_run_inputs(cfg: ElamaConfig) -> List[str]:
     out += _choice(cfg.device, ("cpu", "cuda"), "device")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         out.append("device=cuda but torch sees no CUDA GPU on this machine: use device=cpu")
+    lg = cfg.logging
+    if lg.wandb_project:
+        out += _choice(lg.wandb_mode, ("offline", "online", "disabled"), "logging.wandb_mode")
+        if importlib.util.find_spec("wandb") is None:
+            out.append(f"logging.wandb_project={lg.wandb_project} needs wandb, which is not "
+                       "installed: pip install 'elama[wandb]', or unset logging.wandb_project")
     te_wanted = m.transformer_impl == "te" or m.precision == "fp8"
     if te_wanted and importlib.util.find_spec("transformer_engine") is None:
         out.append(f"model.transformer_impl={m.transformer_impl} / model.precision={m.precision} "
@@ -202,4 +212,49 @@ def _check_run_inputs(cfg: ElamaConfig) -> List[str]:
     if cfg.device == "cpu" and te_wanted:
         out.append("device=cpu runs the local layer spec only: set model.transformer_impl=local "
                    "and model.precision=fp32 or bf16")
+    return out
+
+
+def _check_sft(cfg: ElamaConfig, world_size: int) -> List[str]:
+    """train.mode=sft, its data (data.sft) and LoRA (lora.*)."""
+    t, sft, lora, out = cfg.train, cfg.data.sft, cfg.lora, []
+    out += _choice(t.mode, TRAIN_MODES, "train.mode")
+    out += _choice(sft.unit, SFT_UNITS, "data.sft.unit")
+    if (t.mode == "sft") != (cfg.data.source == "sft"):
+        out.append(f"train.mode={t.mode} with data.source={cfg.data.source}: instruction tuning "
+                   "reads instruction data; set both train.mode=sft and data.source=sft "
+                   "(data=sft_<preset>), or neither")
+    if cfg.data.source == "sft" and not sft.prefix:
+        out.append("data.source=sft needs data.sft.prefix (a dataset from tools/preprocess_data.py "
+                   "--format chat)")
+    for i, entry in enumerate(sft.mixture):
+        if not (entry.value > 0 and math.isfinite(entry.value)) or not entry.area:
+            out.append(f"data.sft.mixture[{i}] needs an area and a positive value, got "
+                       f"area={entry.area!r} value={entry.value}")
+    if sft.packing and cfg.data.source == "sft" and cfg.model.transformer_impl == "te" \
+            and t.micro_batch_size != 1:
+        out.append("packed sequences on Transformer Engine (THD) take one sequence per "
+                   f"microbatch: set train.micro_batch_size=1 (got {t.micro_batch_size})")
+    if lora.rank < 0:
+        out.append(f"lora.rank={lora.rank} must be >= 0 (0: full fine-tuning)")
+    if lora.rank > 0:
+        out += _lora_problems(cfg)
+    return out
+
+
+def _lora_problems(cfg: ElamaConfig) -> List[str]:
+    lora, out = cfg.lora, []
+    if not lora.alpha > 0:
+        out.append(f"lora.alpha={lora.alpha} must be > 0")
+    if not 0 <= lora.dropout < 1:
+        out.append(f"lora.dropout={lora.dropout} must be within [0, 1)")
+    unknown = sorted(set(lora.targets) - set(LORA_TARGETS))
+    if unknown or not lora.targets:
+        out.append(f"lora.targets={list(lora.targets)}: choose among {list(LORA_TARGETS)}")
+    if cfg.model.transformer_impl != "local":
+        out.append("lora.rank>0 wraps the local spec's parallel linears; Transformer Engine fuses "
+                   "the norm into linear_qkv/linear_fc1: set model.transformer_impl=local")
+    if cfg.parallel.sequence_parallel:
+        out.append("lora.rank>0 with parallel.sequence_parallel=true is not supported (the "
+                   "adapter would see sequence-sharded inputs): set parallel.sequence_parallel=false")
     return out

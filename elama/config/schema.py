@@ -10,7 +10,11 @@ FP8_RECIPES = ("delayed", "tensorwise", "mxfp8", "blockwise")
 RECOMPUTE = ("none", "selective", "full")
 SCHEDULES = ("cosine", "wsd", "linear", "constant")
 NONFINITE_POLICIES = ("skip", "stop")
-DATA_SOURCES = ("blend", "synthetic")
+DATA_SOURCES = ("blend", "synthetic", "sft")
+TRAIN_MODES = ("pretrain", "sft")
+SFT_UNITS = ("samples", "epochs")
+LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+CORE_ATTENTION = ("sdpa", "megatron")
 
 
 class ConfigError(ValueError):
@@ -84,6 +88,13 @@ class ModelConfig:
     """Llama pretraining uses no dropout."""
     hidden_dropout: float = 0.0
     """Llama pretraining uses no dropout."""
+    core_attention: str = "sdpa"
+    """Core attention of the local spec: 'sdpa' (torch's scaled_dot_product_attention: causal,
+    GQA, block masks for packed SFT) or 'megatron' (megatron-core's unfused DotProductAttention).
+    Transformer Engine (transformer_impl=te) uses its own."""
+    swiglu_fusion: bool = False
+    """On CPU, megatron's fused SwiGLU (torch.compile: ~3 s per process with a warm compile
+    cache, minutes cold); GPU runs always fuse it."""
 
     @property
     def head_dim(self) -> int:
@@ -133,6 +144,10 @@ class TrainConfig:
     exit_interval: int = 0
     """Save and exit (code 0) when the step is a multiple of this; 0 never. For time-boxed jobs
     and the demo's stop-and-resume."""
+    mode: str = "pretrain"
+    """'pretrain' (every token in the loss) or 'sft' (instruction tuning on data.source=sft:
+    loss on answer tokens only, normalised per answer token over the global batch; validation
+    loss per task; usually from checkpoint.init_from = an imported or pretrained checkpoint)."""
 
 
 @dataclass
@@ -159,6 +174,9 @@ class OptimConfig:
     """Adam epsilon."""
     clip_grad: float = 1.0
     """Global gradient-norm clip; 0 disables."""
+    fused_adam: bool = True
+    """torch's fused AdamW kernel where megatron falls back to torch's AdamW (no TE or apex,
+    e.g. CPU): one kernel per step instead of per-tensor loops; same update up to rounding."""
 
 
 @dataclass
@@ -178,6 +196,35 @@ class NamedBlend:
 
 
 @dataclass
+class SftTask:
+    area: str = ""
+    """Capability area (the record's area field), e.g. concepts, extraction, multilingual."""
+    task: str = "*"
+    """Task within the area; '*' means each task of the area, shared by their example counts."""
+    value: float = 1.0
+    """With data.sft.unit=samples a relative weight; with unit=epochs the passes over the
+    task's examples (fractions take a seeded subset)."""
+
+
+@dataclass
+class SftDataConfig:
+    prefix: Optional[str] = None
+    """Training split tokenized by `tools/preprocess_data.py --format chat`."""
+    valid_prefix: Optional[str] = None
+    """Held-out split (same format): validation loss per task when train.eval_interval > 0."""
+    packing: bool = True
+    """Pack several examples per sequence (no attention across them); false pads one example
+    per sequence."""
+    unit: str = "epochs"
+    """How mixture values count: 'samples' (relative weights of the drawn examples) or 'epochs'
+    (passes over each task's examples)."""
+    mixture: List[SftTask] = field(default_factory=list)
+    """Per area/task weights or epochs; empty means every task of the dataset at value 1."""
+    examples_per_pass: Optional[int] = None
+    """With unit=samples: examples drawn per pass of the mixture; None means the dataset size."""
+
+
+@dataclass
 class DataConfig:
     source: str = "blend"
     """'blend' (tokenized datasets below) or 'synthetic' (seeded random tokens, for smoke runs)."""
@@ -194,6 +241,13 @@ class DataConfig:
     """Where megatron-core caches blend/sample indices; None means <run_dir>/data_cache."""
     replan: bool = False
     """Allow a resumed run to use a blend different from the one in its checkpoint."""
+    token_budget: Optional[int] = None
+    """Training tokens the data is planned for (megatron's sample index is built for
+    ceil(token_budget / seq_len_tokens) sequences); None plans for train.train_steps at the run's
+    first start. A resumed run keeps its checkpoint's plan, so more train.train_steps within the
+    budget read exactly the samples a longer run from scratch would; past it the run is refused."""
+    sft: SftDataConfig = field(default_factory=SftDataConfig)
+    """Instruction data for data.source=sft (train.mode=sft)."""
 
 
 @dataclass
@@ -207,6 +261,16 @@ class CheckpointConfig:
     init_from: Optional[str] = None
     """Weights-only start (e.g. converted Llama 3.1): fresh optimizer, schedule and step 0.
     Ignored when run_dir already holds a checkpoint (resume wins)."""
+    optimizer_format: str = "dp_reshardable"
+    """Distributed-optimizer state on disk: 'dp_reshardable' (megatron's default: every rank
+    writes its own shard, no gather; resumes at the same tp/pp, any dp) or 'fully_reshardable'
+    (gathered into model space over dp: resumes into any tp/pp/dp, ~dp x the bytes moved). To
+    change tp/pp from a dp_reshardable run, resume once at its layout with this set to
+    fully_reshardable and save (train.exit_interval), then change the layout."""
+    async_save: bool = True
+    """Write model and optimizer shards in a background process (megatron-core's async
+    checkpoint queue): training blocks only for the copy; the tracker names the checkpoint only
+    after every rank's background write finished."""
 
 
 @dataclass
@@ -218,6 +282,25 @@ class LoggingConfig:
     peak_tflops_per_device: Optional[float] = None
     """Peak dense TFLOP/s of one device for MFU; None looks GPUs up by name (H100: 989) and
     reports no MFU on CPU."""
+    wandb_project: Optional[str] = None
+    """Weights & Biases project to log metrics to (needs `pip install wandb`); None disables."""
+    wandb_run_name: Optional[str] = None
+    """W&B run name; None uses the run directory's name."""
+    wandb_mode: str = "offline"
+    """'offline' (written under <run_dir>/wandb, no network; upload later with `wandb sync`),
+    'online' or 'disabled'."""
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 0
+    """LoRA rank r; 0 trains every parameter (full fine-tuning)."""
+    alpha: float = 16.0
+    """Scale of the update: W + (alpha / r) B A."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input."""
+    targets: List[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    """Linears that get adapters: linear_qkv, linear_proj, linear_fc1, linear_fc2."""
 
 
 @dataclass
@@ -233,3 +316,4 @@ class ElamaConfig:
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)

@@ -20,6 +20,7 @@ from elama.config import ModelConfig
 from elama.convert.dist_reader import DistCheckpointReader
 from elama.convert.hf import (DEFAULT_MAX_SHARD_BYTES, ShardedSafetensorsWriter, check_output_dir,
                               staged_output_dir, write_json)
+from elama.convert.peft import checkpoint_lora, is_adapter_key, merge_into_group
 from elama.convert.mapping import (DTYPE_NAMES, LLAMA3_BOS_ID, LLAMA3_EOS_ID, ConversionError,
                                    TensorEntry, build_name_table, groups, hf_config_from_model)
 
@@ -43,9 +44,10 @@ class ExportResult:
     seconds: float
 
 
-def check_checkpoint_tensors(reader: DistCheckpointReader, m: ModelConfig) -> torch.dtype:
+def check_checkpoint_tensors(reader: DistCheckpointReader, m: ModelConfig, *,
+                             adapters: bool = False) -> torch.dtype:
     """Every key, shape and dtype checked against the model before any tensor moves; returns the
-    weights' dtype."""
+    weights' dtype. With `adapters`, LoRA adapter tensors are expected beside the weights."""
     problems, dtypes = [], set()
     # Layer tensors are stacked along a leading axis of num_layers.
     expected = {e.ckpt_key: e.shape if e.layer is None else (m.num_layers, *e.shape)
@@ -58,7 +60,8 @@ def check_checkpoint_tensors(reader: DistCheckpointReader, m: ModelConfig) -> to
                             f"meta.json implies {list(shape)}")
         else:
             dtypes.add(reader.dtype(key))
-    unknown = sorted(set(reader.tensors) - set(expected))
+    unknown = sorted(k for k in set(reader.tensors) - set(expected)
+                     if not (adapters and is_adapter_key(k)))
     if unknown:
         problems.append(f"tensors the model does not have: {unknown[:5]}")
     if len(dtypes) > 1:
@@ -87,7 +90,8 @@ def _read_group(reader: DistCheckpointReader, entries: list[TensorEntry]) -> dic
 
 
 def _write_weights(reader: DistCheckpointReader, table: list[TensorEntry], m: ModelConfig,
-                   out: Path, dtype: torch.dtype, max_shard_bytes: int, progress: bool) -> dict:
+                   out: Path, dtype: torch.dtype, max_shard_bytes: int, progress: bool,
+                   merge_lora: dict | None = None) -> dict:
     writer = ShardedSafetensorsWriter(out, max_shard_bytes)
     writer.plan((name, shape, dtype) for e in table for name, shape in zip(e.hf, e.hf_shapes))
     bar = tqdm(total=sum(e.numel for e in table) * dtype.itemsize, unit="B", unit_scale=True,
@@ -96,6 +100,8 @@ def _write_weights(reader: DistCheckpointReader, table: list[TensorEntry], m: Mo
         for group, entries in groups(table):
             bar.set_postfix_str(group)
             loaded = _read_group(reader, entries)
+            if merge_lora:
+                merge_into_group(loaded, entries, reader, merge_lora)
             for e in entries:
                 for name, tensor in zip(e.hf, e.transform.to_hf(loaded.pop(e.ckpt_key), m)):
                     writer.add(name, tensor.to(dtype))
@@ -111,12 +117,14 @@ def _write_weights(reader: DistCheckpointReader, table: list[TensorEntry], m: Mo
 def export_hf(ckpt: str | Path, out: str | Path, *, dtype: torch.dtype | None = None,
               tokenizer_path: str | None = None, with_tokenizer: bool = True,
               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, force: bool = False,
-              progress: bool = True) -> ExportResult:
+              progress: bool = True, lora: str = "merge") -> ExportResult:
     """Convert an elama checkpoint (run directory or iter_NNNNNNN) into the HF directory out.
 
     dtype: of the written weights (default: the checkpoint's). tokenizer_path: the Llama 3
     tokenizer.model to make the tokenizer files from (default: the run's data.tokenizer_path, else
     the one shipped with llama-models). The output appears under its final name only when complete.
+    lora (a checkpoint with LoRA adapters): "merge" writes W + (alpha / r) B A, "base" the frozen
+    base weights alone (the model elama.convert.peft's adapter directory is loaded on).
     """
     from elama.scoring import model_config_from_meta
 
@@ -126,7 +134,10 @@ def export_hf(ckpt: str | Path, out: str | Path, *, dtype: torch.dtype | None = 
     m = model_config_from_meta(meta, iter_dir / "meta.json")
     reader = DistCheckpointReader(iter_dir / "model")
     table = build_name_table(m)
-    stored = check_checkpoint_tensors(reader, m)
+    adapters = checkpoint_lora(meta)
+    if lora not in ("merge", "base"):
+        raise ConversionError("export", [f"lora={lora!r} is not 'merge' or 'base'"])
+    stored = check_checkpoint_tensors(reader, m, adapters=adapters is not None)
     dtype = dtype or stored
     if dtype not in DTYPE_NAMES:
         raise ConversionError("export", [f"dtype {dtype} is not one of {list(DTYPE_NAMES)}"])
@@ -136,8 +147,9 @@ def export_hf(ckpt: str | Path, out: str | Path, *, dtype: torch.dtype | None = 
         tokenizer = _load_tokenizer(tokenizer_path or run_tokenizer, m)
     check_output_dir(out, force=force)
     with staged_output_dir(out, force=force) as tmp:
-        index = _write_weights(reader, table, m, tmp, dtype, max_shard_bytes, progress)
-        _write_configs(tmp, m, dtype, tokenizer)
+        index = _write_weights(reader, table, m, tmp, dtype, max_shard_bytes, progress,
+                               merge_lora=adapters if lora == "merge" else None)
+        _write_configs(tmp, m, dtype, tokenizer, recorded_special_ids(meta))
         if tokenizer is not None:
             from elama.convert.hf_tokenizer import write_hf_tokenizer
 
@@ -151,10 +163,33 @@ def export_hf(ckpt: str | Path, out: str | Path, *, dtype: torch.dtype | None = 
     return result
 
 
-def _write_configs(out: Path, m: ModelConfig, dtype: torch.dtype, tokenizer) -> None:
+def recorded_special_ids(meta: dict, max_hops: int = 8) -> tuple[int, int | list[int]] | None:
+    """(bos, eos) recorded when the weights were imported: in this checkpoint's meta, else in
+    the checkpoints it was initialised from (checkpoint.init_from), newest first."""
+    for _ in range(max_hops):
+        recorded = meta.get("tokenizer") or {}
+        if recorded.get("bos_token_id") is not None and recorded.get("eos_token_id") is not None:
+            return recorded["bos_token_id"], recorded["eos_token_id"]
+        source = ((meta.get("config") or {}).get("checkpoint") or {}).get("init_from")
+        if not source:
+            return None
+        try:
+            meta = checkpoint.read_meta(checkpoint.resolve(source))
+        except checkpoint.CheckpointError:
+            logger.warning("checkpoint.init_from=%s is gone: bos/eos ids not traced to the "
+                           "import; using Llama 3's", source)
+            return None
+    return None
+
+
+def _write_configs(out: Path, m: ModelConfig, dtype: torch.dtype, tokenizer,
+                   recorded: tuple | None) -> None:
     if tokenizer is not None:
         bos, eos = tokenizer.bos_id, tokenizer.eos_id
         ends = [tokenizer.special_tokens[t] for t in END_TOKENS]
+    elif recorded is not None:  # the imported model's own ids win over Llama 3's
+        bos, eos = recorded
+        ends = list(eos) if isinstance(eos, list) else [eos]
     else:
         bos, eos, ends = LLAMA3_BOS_ID, LLAMA3_EOS_ID, [LLAMA3_EOS_ID]
     write_json(out / "config.json", hf_config_from_model(m, dtype, bos_token_id=bos,

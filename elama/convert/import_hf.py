@@ -1,19 +1,17 @@
 """Hugging Face Llama 3.1 directory -> elama weights checkpoint, loadable by `init_from` (and any
 tool) at any tp/pp: <out>/iter_0000000/{model/, meta.json} + the tracker.
 
-The megatron model is built once at tp=1/pp=1, uninitialised (the only copy of the weights in
-memory), filled tensor by tensor from the HF shards through the name table, and saved with
-megatron-core's dist_checkpointing, whose global keys and offsets any layout can load.
+Streamed: the name table plans one write per megatron tensor (its global key, shape and offset,
+checked against megatron's own sharded state dict of the model built on the meta device), and
+each tensor is read from the HF shards once, transformed and written only when the checkpoint
+writer asks for it (elama.convert.dist_writer): memory holds one tensor, whatever the model size.
+`plan_import` shows the same plan without weights (the 70B preset's in seconds).
 """
 from __future__ import annotations
 
 import dataclasses
-import contextlib
 import logging
-import os
-import queue
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,15 +20,13 @@ from tqdm import tqdm
 
 from elama import checkpoint
 from elama.config import ElamaConfig, ModelConfig
+from elama.convert.dist_writer import ChunkWrite, sharded_object_bytes, write_dist_checkpoint
 from elama.convert.hf import HFCheckpointReader, check_output_dir, staged_output_dir, tokenizer_hashes
 from elama.convert.mapping import (PRECISION_OF_DTYPE, ConversionError, TensorEntry,
                                    build_name_table, hf_tensor_shapes,
                                    is_ignored_hf_tensor, model_config_from_hf)
 
 logger = logging.getLogger(__name__)
-
-READ_THREADS = 4
-
 
 @dataclass(frozen=True)
 class ImportResult:
@@ -79,42 +75,100 @@ def check_hf_tensors(reader: HFCheckpointReader, m: ModelConfig) -> tuple[torch.
     return dtype, ignored
 
 
-def _fill_entry(entry: TensorEntry, param: torch.Tensor, reader: HFCheckpointReader,
-                m: ModelConfig) -> int:
-    """Copy one megatron parameter from its HF tensors; returns the bytes read."""
-    if entry.transform.name == "identity" and reader.meta(entry.hf[0]).dtype == param.dtype:
-        reader.read_rows_into(entry.hf[0], 0, param.data)  # straight into the parameter
-    else:
-        parts = [reader.get(name) for name in entry.hf]
-        param.data.copy_(entry.transform.to_megatron(parts, m))  # copy_ casts float16 -> float32
-    return sum(reader.meta(name).nbytes for name in entry.hf)
+def plan_writes(m: ModelConfig, dtype: torch.dtype, make=None) -> list[ChunkWrite]:
+    """One chunk per name-table entry: layer tensors are rows of a (num_layers, ...) global
+    tensor, as megatron stacks them. make(entry, sizes) gives the function producing its data."""
+    writes = []
+    for e in build_name_table(m):
+        if e.layer is None:
+            global_shape, offsets, sizes = e.shape, (0,) * len(e.shape), e.shape
+        else:
+            global_shape = (m.num_layers, *e.shape)
+            offsets, sizes = (e.layer,) + (0,) * len(e.shape), (1, *e.shape)
+        writes.append(ChunkWrite(e.ckpt_key, global_shape, offsets, sizes, dtype,
+                                 make(e, sizes) if make else _no_data))
+    return writes
 
 
-@torch.no_grad()
-def fill_from_hf(chunks: list, reader: HFCheckpointReader, m: ModelConfig, *,
-                 progress: bool = True) -> tuple[int, int]:
-    """Fill every parameter of tp=1/pp=1 chunks from the HF reader (strict both ways).
-    Returns (parameters filled, bytes read)."""
-    from elama.parallel.shards import named_local_params
+def _no_data():
+    raise ConversionError("import plan", ["a dry-run plan has no data to write"])
 
-    params = dict(named_local_params(chunks))
-    table = build_name_table(m)
-    unknown = sorted(set(params) - {e.megatron for e in table})
-    if unknown:
-        raise ConversionError("name table", [f"megatron parameters without an HF source: {unknown}"])
-    bar = tqdm(total=sum(reader.meta(n).nbytes for e in table for n in e.hf), unit="B",
-               unit_scale=True, desc="import", disable=not progress)
-    filled, nbytes = 0, 0
-    # Reads (pread) and copies release the GIL: threads share the copying and page faulting of a
-    # fresh model (2 threads: 2x on 2 cores). Each thread holds at most one fused tensor's parts.
-    with ThreadPoolExecutor(min(READ_THREADS, os.cpu_count() or 1)) as pool:
-        done = pool.map(lambda e: _fill_entry(e, params[e.megatron], reader, m), table)
-        for entry, entry_bytes in zip(table, done):
-            bar.set_postfix_str(entry.group, refresh=False)
-            bar.update(entry_bytes)
-            filled, nbytes = filled + 1, nbytes + entry_bytes
-    bar.close()
-    return filled, nbytes
+
+def check_against_megatron(m: ModelConfig, writes: list[ChunkWrite]) -> dict[str, bytes]:
+    """Build the model on the meta device (no memory) and check that the plan covers exactly
+    its sharded tensors, with their global shapes. Returns its sharded objects (the linear layers'
+    extra state), serialised as megatron's torch_dist stores them. Needs a process group."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor
+
+    from elama.model.llama import transformer_config
+    from elama.parallel.dims import ParallelDims
+    from elama.parallel.wrap import build_model_chunks
+
+    single = ParallelDims(tp=1, pp=1, vpp=1, cp=1, dp=1, world_size=1)
+    with torch.device("meta"):
+        chunks = build_model_chunks(ElamaConfig(model=m), transformer_config(m, single, device="cpu"),
+                                    single)
+    state = checkpoint.model_sharded_state_dict(chunks)["model0"]
+    planned = {w.key: w.global_shape for w in writes}
+    problems, keys, objects = [], set(), {}
+    for value in nested_values(state):
+        if isinstance(value, ShardedObject):
+            objects[value.unique_key] = sharded_object_bytes(value)
+            continue
+        keys.add(value.key)
+        if isinstance(value, ShardedTensor) and tuple(value.global_shape) != planned.get(value.key,
+                                                                                        value.global_shape):
+            problems.append(f"{value.key}: megatron's global shape {list(value.global_shape)}, "
+                            f"planned {list(planned[value.key])}")
+    problems += [f"megatron tensor {k} has no planned write" for k in sorted(keys - planned.keys())]
+    problems += [f"planned {k} is not a megatron tensor" for k in sorted(planned.keys() - keys)]
+    if problems:
+        raise ConversionError("name table vs megatron-core", problems)
+    return objects
+
+
+def _maker(reader: HFCheckpointReader, m: ModelConfig, dtype: torch.dtype, progress: tqdm,
+           counts: dict):
+    """make(entry, sizes) for plan_writes: read the entry's HF tensors once, transform, cast."""
+    def make(entry: TensorEntry, sizes: tuple[int, ...]):
+        def produce() -> torch.Tensor:
+            parts = [reader.get(name) for name in entry.hf]
+            tensor = entry.transform.to_megatron(parts, m).to(dtype).reshape(sizes)
+            nbytes = sum(reader.meta(name).nbytes for name in entry.hf)
+            counts["params"] += 1
+            counts["bytes"] += nbytes
+            progress.set_postfix_str(entry.group, refresh=False)
+            progress.update(nbytes)
+            return tensor
+        return produce
+    return make
+
+
+def plan_import(m: ModelConfig, dtype: torch.dtype = torch.bfloat16) -> str:
+    """The plan of writes of an import of model m, checked against megatron's model on the meta
+    device, as text: what `tools/convert_checkpoint.py import --plan` prints."""
+    from elama.parallel import setup
+
+    writes = plan_writes(m, dtype)
+    setup.init_single_process()
+    try:
+        objects = check_against_megatron(m, writes)
+    finally:
+        setup.destroy_distributed()
+    by_key: dict[str, list[ChunkWrite]] = {}
+    for w in writes:
+        by_key.setdefault(w.key, []).append(w)
+    largest = max(writes, key=lambda w: w.nbytes)
+    total = sum(w.nbytes for w in writes)
+    lines = [f"import plan for {m.name} ({dtype}): {len(writes)} tensor writes into "
+             f"{len(by_key)} keys, {total / 1e9:.2f} GB, plus {len(objects)} extra-state objects; "
+             "checked against megatron-core's model on the meta device"]
+    lines += [f"  {key}: global {list(ws[0].global_shape)}, {len(ws)} write(s) of "
+              f"{list(ws[0].sizes)} ({ws[0].nbytes / 1e6:.1f} MB each)" for key, ws in by_key.items()]
+    lines.append(f"largest write: {largest.key} at {list(largest.offsets)}, "
+                 f"{largest.nbytes / 1e9:.2f} GB: memory holds one tensor (plus its HF parts)")
+    return "\n".join(lines)
 
 
 def _import_dtype(source: torch.dtype, requested: torch.dtype | None) -> torch.dtype:
@@ -152,85 +206,30 @@ def import_hf(src: str | Path, out: str | Path, *, dtype: torch.dtype | None = N
         own_world = not dist.is_initialized()
         if own_world:
             setup.init_single_process()
+        counts = {"params": 0, "bytes": 0}
+        bar = tqdm(total=sum(reader.meta(n).nbytes for n in reader.names() if n not in ignored),
+                   unit="B", unit_scale=True, desc="import", disable=not progress)
         try:
-            chunks = _build_model(m)
-            filled, nbytes = fill_from_hf(chunks, reader, m, progress=progress)
-            with staged_output_dir(out, force=force) as tmp:
-                _save(chunks, tmp, m, src, reader.config)
+            writes = plan_writes(m, dtype, _maker(reader, m, dtype, bar, counts))
+            objects = check_against_megatron(m, writes)
+            with staged_output_dir(out, force=force) as tmp, bar:
+                _save(writes, objects, tmp, m, src, reader.config)
         finally:
             if own_world:
                 setup.destroy_distributed()
-        result = ImportResult(Path(out), m, len(reader) - len(ignored), len(ignored), filled,
-                              nbytes, time.perf_counter() - start)
+        result = ImportResult(Path(out), m, len(reader) - len(ignored), len(ignored),
+                              counts["params"], counts["bytes"], time.perf_counter() - start)
     logger.info("imported %s -> %s: %d HF tensors (%d ignored), %d parameters, %.2f GB in %.1f s",
-                src, out, result.tensors_read, result.tensors_ignored, filled, nbytes / 1e9,
+                src, out, result.tensors_read, result.tensors_ignored, result.params_written,
+                result.bytes_read / 1e9,
                 result.seconds)
     return result
 
 
-def _build_model(m: ModelConfig) -> list:
-    from elama.model.llama import transformer_config
-    from elama.parallel.dims import ParallelDims
-    from elama.scoring import build_empty_chunks
-
-    single = ParallelDims(tp=1, pp=1, vpp=1, cp=1, dp=1, world_size=1)
-    cfg = ElamaConfig(model=m)
-    return build_empty_chunks(cfg, transformer_config(m, single, device="cpu"), single)
-
-
-@contextlib.contextmanager
-def _in_process_write_results():
-    """megatron's writer hands its write results to the saving process through a queue that,
-    once per process, it creates in a spawn-context Manager (filesystem_async.py,
-    _get_write_results_queue): a fresh interpreter (~2 s) that then imports torch to unpickle the
-    results (~1.3 s), more than half the time of a 1B import on 2 cores. A synchronous save in one
-    process (this one) needs no other process: a plain queue, for this save only."""
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
-    previous = filesystem_async._results_queue
-    filesystem_async._results_queue = queue.Queue()
-    try:
-        yield
-    finally:
-        filesystem_async._results_queue = previous
-
-
-def save_model_once(chunks: list, directory: Path) -> None:
-    """checkpoint.save_model for this one process, without a second copy of linear_fc1.
-
-    megatron's writer clones every tensor that is a view into a larger storage
-    (filesystem_async.py, _clone_if_needed), all before writing, and the SwiGLU factory saves
-    linear_fc1 as two such views (gate, up): +47% of a Llama's bytes. Building each factory here,
-    copying its halves and freeing the parameter's storage one layer at a time keeps one copy of
-    the model. The same tensors, keys and offsets are saved; the chunks are unusable afterwards.
-    """
-    from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
-
-    def own_storage(x):
-        if isinstance(x, ShardedTensor) and x.data.untyped_storage().nbytes() != x.data.nbytes:
-            x.data = x.data.clone()
-        return x
-
-    def build_and_free(x):
-        if not isinstance(x, ShardedTensorFactory):
-            return x
-        built = x.build()
-        dict_list_map_inplace(own_storage, built)
-        x.data.untyped_storage().resize_(0)
-        return built
-
-    state = checkpoint.model_sharded_state_dict(chunks)
-    dict_list_map_inplace(build_and_free, state)
-    directory.mkdir(parents=True)
-    with _in_process_write_results():
-        dist_checkpointing.save(state, str(directory))
-
-
-def _save(chunks: list, out: Path, m: ModelConfig, src: Path, hf_config: dict) -> None:
+def _save(writes: list, objects: dict, out: Path, m: ModelConfig, src: Path,
+          hf_config: dict) -> None:
     iter_dir = out / checkpoint.iter_name(0)
-    save_model_once(chunks, iter_dir / "model")
+    write_dist_checkpoint(iter_dir / "model", writes, objects)
     checkpoint.write_meta(iter_dir, {
         "kind": "weights", "step": 0, "model": dataclasses.asdict(m),
         "source": {"format": "huggingface", "path": str(src.resolve()), "config": hf_config},

@@ -53,6 +53,10 @@ def check_data(cfg: ElamaConfig, world_size: int = 0) -> list[str]:
     """All data problems of a run: missing prefixes or manifests, tokenizers that differ between
     datasets or from the run's tokenizer, token ids beyond the model's vocabulary. For
     elama.config.validate(extra_checks=...), so they join the one report."""
+    if cfg.data.source == "sft":
+        from elama.data.sft.dataset import check_sft_data
+
+        return check_sft_data(cfg)
     if cfg.data.source != "blend":
         return []
     from elama.tokenizer import load_tokenizer
@@ -134,9 +138,10 @@ def gpt_dataset_config(cfg: ElamaConfig, blend: tuple[list[str], list[float]], t
 
 
 def build_gpt_dataset(cfg: ElamaConfig, entries: list[BlendEntry], num_samples: int,
-                      cache_dir: str, where: str):
+                      cache_dir: str, where: str, built_on_rank: bool = True):
     """A GPTDataset (blended when there are several prefixes) of at least num_samples sequences.
-    Collective: every rank must call it (rank 0 builds the index cache first)."""
+    Collective: every rank must call it (rank 0 builds the index cache first); where
+    built_on_rank is False (a pipeline rank that reads no data) it opens nothing: None."""
     from megatron.core.datasets.blended_megatron_dataset_builder import (
         BlendedMegatronDatasetBuilder,
     )
@@ -149,5 +154,6 @@ def build_gpt_dataset(cfg: ElamaConfig, entries: list[BlendEntry], num_samples: 
         raise ManifestError("\n".join(problems))
     tokenizer = load_tokenizer(cfg.data.tokenizer_path).megatron_adapter()
     config = gpt_dataset_config(cfg, megatron_blend(sources), tokenizer, cache_dir)
-    builder = BlendedMegatronDatasetBuilder(GPTDataset, [num_samples, 0, 0], lambda: True, config)
+    builder = BlendedMegatronDatasetBuilder(GPTDataset, [num_samples, 0, 0],
+                                            lambda: built_on_rank, config)
     return builder.build()[0], sources

@@ -16,16 +16,24 @@ Schema (format "elama.tokenized", format_version 1), one JSON object:
   documents_by_language, tokens_by_language   {language: n} ("und" when unknown)
   inputs              per input file: {path, format, bytes, mtime_ns} + the same counters
   datasets            (index only) shard prefixes relative to the manifest's directory
+  tokenizer_backend   (merged, index) {backend, version} of the encoder of the run that finished
+                      it (fastokens or tiktoken); the ids are the same whichever, so not a setting
+  files               (shard, merged) the .bin/.idx this manifest describes: bin_bytes, idx_bytes,
+                      idx_sha256, and the .idx header's sequences and documents; a replaced or
+                      foreign .idx (even one with a valid header) fails read_manifest
 Manifests hold no timestamps or output paths: a rerun, or a run elsewhere, writes the same bytes.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
+import struct
 from typing import Iterable
 
 FORMAT = "elama.tokenized"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the "files" pin of .bin/.idx
 TOKEN_DTYPE = "int32"
 TOKEN_BYTES = 4
 KINDS = ("shard", "merged", "index")
@@ -65,13 +73,79 @@ def sum_counts(entries: Iterable[dict]) -> dict:
 
 
 def build_manifest(kind: str, prefix: str, settings: dict, inputs: list[dict],
-                   datasets: list[str] | None = None) -> dict:
+                   datasets: list[str] | None = None, backend: dict | None = None) -> dict:
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
                 "name": os.path.basename(prefix), **settings, **sum_counts(inputs),
                 "inputs": inputs}
     if datasets is not None:
         manifest["datasets"] = datasets
+    if backend is not None:
+        manifest["tokenizer_backend"] = backend
     return manifest
+
+
+def pin_dataset(manifest: dict, prefix: str) -> dict:
+    """Record in `manifest` (and return) the `files` pin of prefix.bin/.idx as they are now."""
+    manifest["files"] = {"bin_bytes": os.path.getsize(prefix + ".bin"),
+                         "idx_bytes": os.path.getsize(prefix + ".idx"),
+                         "idx_sha256": _file_sha256(prefix + ".idx", *_stat_key(prefix + ".idx")),
+                         **_idx_header(prefix + ".idx")}
+    return manifest
+
+
+def _stat_key(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    # keyed on (path, size, mtime): an index and its shards are checked once per process
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_IDX_MAGIC = b"MMIDIDX\x00\x00"
+_IDX_HEADER = struct.Struct("<9sQBQQ")  # magic, version, dtype code, sequences, documents + 1
+
+
+def _idx_header(path: str) -> dict:
+    """The counts in a megatron-core .idx header; ManifestError if it is not one."""
+    with open(path, "rb") as f:
+        head = f.read(_IDX_HEADER.size)
+    if len(head) < _IDX_HEADER.size or not head.startswith(_IDX_MAGIC):
+        raise ManifestError(f"{path}: not a megatron-core index (bad header); re-tokenize")
+    _, _, _, sequences, document_indices = _IDX_HEADER.unpack(head)
+    return {"sequences": sequences, "documents": document_indices - 1}
+
+
+def _check_files(m: dict, prefix: str) -> list[str]:
+    """The .bin/.idx on disk are the ones the manifest was written for."""
+    pin = m.get("files")
+    if not isinstance(pin, dict) or not {"bin_bytes", "idx_bytes", "idx_sha256"} <= set(pin):
+        return ["field 'files' (the .bin/.idx pin) missing: re-tokenize with this version"]
+    fix = f"the files changed after tokenizing; re-tokenize {prefix} (tools/preprocess_data.py)"
+    for suffix, key in ((".bin", "bin_bytes"), (".idx", "idx_bytes")):
+        size = os.path.getsize(prefix + suffix)
+        if size != pin[key]:
+            return [f"{prefix + suffix} has {size} bytes, the manifest pins {key}={pin[key]}: "
+                    + fix]
+    try:
+        header = _idx_header(prefix + ".idx")
+    except ManifestError as e:
+        return [str(e)]
+    problems = [f"{prefix}.idx header has {k}={header[k]}, the manifest pins {pin.get(k)}: {fix}"
+                for k in ("sequences", "documents") if header[k] != pin.get(k)]
+    if header["documents"] != m["documents_written"]:
+        problems.append(f"{prefix}.idx holds {header['documents']} documents, documents_written="
+                        f"{m['documents_written']}")
+    if not problems and _file_sha256(prefix + ".idx", *_stat_key(prefix + ".idx")) \
+            != pin["idx_sha256"]:
+        problems.append(f"{prefix}.idx content differs from the manifest's idx_sha256: {fix}")
+    return problems
 
 
 def write_json_atomic(path: str, obj: dict) -> None:
@@ -141,6 +215,8 @@ def _check_manifest(m, prefix: str) -> list[str]:
         if size != expected:
             problems.append(f"{prefix}.bin has {size} bytes, tokens_written="
                             f"{m['tokens_written']} needs {expected}")
+    if not problems:
+        problems += _check_files(m, prefix)
     return problems
 
 

@@ -2,6 +2,7 @@
 (weights) and a token budget, how many epochs of each corpus training would consume."""
 from __future__ import annotations
 
+import math
 import re
 from typing import Sequence
 
@@ -60,10 +61,55 @@ def blend_rows(blend: Sequence[tuple[float, str]], token_budget: int) -> list[di
             for r in rows))
     total = sum(w for w, _ in blend)
     for (w, _), row in zip(blend, rows):
-        row["weight"] = w / total
+        row["weight_given"], row["weight"] = w, w / total
         row["budget_tokens"] = int(token_budget * row["weight"])
         row["epochs"] = row["budget_tokens"] / row["tokens"] if row["tokens"] else float("inf")
     return rows
+
+
+def normalization_note(rows: list[dict]) -> str | None:
+    """Say so when the given weights do not sum to 1 and were rescaled (0.7/0.7 -> 0.5/0.5)."""
+    given = [r["weight_given"] for r in rows]
+    if math.isclose(sum(given), 1.0, rel_tol=1e-9):
+        return None
+    shown = ", ".join(f"{w:g}" for w in given)
+    normalised = ", ".join(f"{r['weight']:.4g}" for r in rows)
+    return f"blend weights {shown} sum to {sum(given):g}, not 1: normalised to {normalised}"
+
+
+def language_tokens(rows: list[dict], budget: bool) -> dict[str, dict[str, float]]:
+    """{prefix: {language: tokens}}: the corpus's own tokens, or with `budget` the tokens the
+    blend's budget draws from it, split by the corpus's language shares."""
+    out = {}
+    for r in rows:
+        scale = r["budget_tokens"] / r["tokens"] if budget and r["tokens"] else 1.0
+        out[r["prefix"]] = {lang: n * scale for lang, n in r["tokens_by_language"].items()}
+    return out
+
+
+def plot_language_bars(rows: list[dict], path: str, *, budget: bool) -> str:
+    """Stacked bar chart, one bar per source, one colour per language; written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    per_source = language_tokens(rows, budget)
+    languages = sorted({lang for langs in per_source.values() for lang in langs})
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(per_source) + 2), 4))
+    labels = [p.rsplit("/", 1)[-1] for p in per_source]
+    bottom = [0.0] * len(per_source)
+    for lang in languages:
+        values = [langs.get(lang, 0.0) for langs in per_source.values()]
+        ax.bar(labels, values, bottom=bottom, label=lang)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_ylabel("tokens drawn under the budget" if budget else "tokens")
+    ax.set_title("token budget by source and language" if budget else "tokens by source and language")
+    ax.legend(title="language", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def format_corpus_table(rows: list[dict]) -> str:

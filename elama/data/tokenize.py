@@ -18,8 +18,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from elama.data.backends import DEFAULT_BACKEND, backend_record, build_encoder, check_name
 from elama.data.manifest import (TOKEN_DTYPE, build_manifest, load_json, manifest_path,
-                                 read_manifest, sum_counts, write_json_atomic)
+                                 pin_dataset, read_manifest, sum_counts, write_json_atomic)
 from elama.data.readers import Unit, expand_inputs, input_format, plan_units
 from elama.data.shards import (TextSpec, assemble_shard, concat_datasets, concat_rejects,
                                dataset_files, load_part)
@@ -75,20 +76,24 @@ def tokenize_files(inputs: Sequence[str], output_prefix: str, *,
                    keep_shards: bool = False,
                    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
                    chunk_bytes: int | None = None, tokenizer_path: str | None = None,
-                   task_index: int = 0, num_tasks: int = 1, progress: bool = True) -> dict:
+                   task_index: int = 0, num_tasks: int = 1, progress: bool = True,
+                   accept_truncated: bool = False, backend: str = DEFAULT_BACKEND) -> dict:
     """Tokenize `inputs` (files or globs) to `output_prefix`; returns its manifest (see
     elama.data.manifest). With `merge`, one dataset at the prefix; without, one shard per input
     under `<prefix>.shards/` and an index manifest at the prefix. `chunk_bytes` (default:
-    auto_chunk_bytes) splits .jsonl files into units of work; it does not change the output.
+    auto_chunk_bytes) splits .jsonl files into units of work; it does not change the output, nor
+    does `backend` (elama.data.backends: fastokens, or tiktoken, the reference).
 
     With num_tasks > 1 (the tasks of a Slurm array, say, running at once), this call makes only
     the shards of inputs task_index, task_index + num_tasks, ... and returns their counts
     (kind "task"); a final call without them finds every shard done and writes the dataset."""
     _check_args(text_keys, workers, max_reject_fraction, chunk_bytes, task_index, num_tasks)
+    check_name(backend)
     start = time.monotonic()
     paths = expand_inputs(inputs)
     chunk_bytes = chunk_bytes or auto_chunk_bytes(paths, workers)
-    spec = TextSpec(tuple(text_keys), text_separator, add_bos, add_eos, language, language_key)
+    spec = TextSpec(tuple(text_keys), text_separator, add_bos, add_eos, language, language_key,
+                    accept_truncated)
     tokenizer = load_tokenizer(tokenizer_path)
     settings = build_settings(tokenizer, spec)
     fingerprints = [file_fingerprint(p) for p in paths]
@@ -97,6 +102,7 @@ def tokenize_files(inputs: Sequence[str], output_prefix: str, *,
         if done is not None:
             logger.info("%s is up to date with its %d inputs: nothing to do", output_prefix,
                         len(paths))
+            _remove_committed_shards(output_prefix, done, keep_shards or num_tasks > 1)
             return done
     shard_dir = output_prefix + ".shards"
     os.makedirs(shard_dir, exist_ok=True)
@@ -105,10 +111,11 @@ def tokenize_files(inputs: Sequence[str], output_prefix: str, *,
         shards = [_plan_shard(i, paths[i], fingerprints[i], output_prefix, settings, chunk_bytes,
                               workers > 1) for i in range(task_index, len(paths), num_tasks)]
         _remove_stale(shards, output_prefix if task is None else None)
-        _run(shards, tokenizer, spec, settings, workers, progress)
+        _run(shards, tokenizer, spec, settings, workers, progress, backend)
         if task is not None:
             result = {"kind": "task", "task_index": task, "num_tasks": num_tasks,
                       "datasets": [s.prefix for s in shards],
+                      "tokenizer_backend": backend_record(backend),
                       **sum_counts(s.manifest["inputs"][0] for s in shards)}
             _log_summary(result, f"{output_prefix} task {task}/{num_tasks}", len(shards),
                          time.monotonic() - start)
@@ -117,7 +124,8 @@ def tokenize_files(inputs: Sequence[str], output_prefix: str, *,
         concat_rejects(prefixes, [0] * len(prefixes), output_prefix)
         totals = sum_counts(s.manifest["inputs"][0] for s in shards)
         _check_totals(totals, max_reject_fraction, output_prefix, shards)
-        manifest = _finish(shards, output_prefix, settings, merge, keep_shards)
+        manifest = _finish(shards, output_prefix, settings, merge, keep_shards,
+                           backend_record(backend))
     _log_summary(manifest, output_prefix, len(paths), time.monotonic() - start)
     return manifest
 
@@ -186,15 +194,27 @@ def _exclusive(shard_dir: str, task: int | None):
 
 def _remove_stale(shards: list[_Shard], final_prefix: str | None) -> None:
     """Temporary files the shards' writers left behind (a killed run's), and with a final
-    prefix, its temporary files and old manifest (about to be outdated)."""
+    prefix, its temporary files and its old dataset, manifest first: a rerun that fails must
+    not leave an outdated .bin/.idx that looks like a dataset."""
     stale = [g for s in shards for g in glob.glob(glob.escape(s.prefix) + ".*.tmp.*")]
     if final_prefix is not None:
-        stale.append(manifest_path(final_prefix))
+        stale += [manifest_path(final_prefix), final_prefix + ".bin", final_prefix + ".idx"]
         for path in dataset_files(final_prefix):
             stale += glob.glob(glob.escape(path) + ".tmp.*")
     for path in stale:
         if os.path.exists(path):
             os.remove(path)
+
+
+def _remove_committed_shards(prefix: str, manifest: dict, keep: bool) -> None:
+    """A merged dataset committed by a run killed before it removed its shards: remove them now
+    (they duplicate the dataset on disk), under the lock, as that run would have."""
+    shard_dir = prefix + ".shards"
+    if manifest["kind"] != "merged" or keep or not os.path.isdir(shard_dir):
+        return
+    with _exclusive(shard_dir, None):
+        shutil.rmtree(shard_dir)
+    logger.info("removed %s, left by a run killed after committing %s", shard_dir, prefix)
 
 
 def _plan_shard(index: int, path: str, fingerprint: dict, output_prefix: str, settings: dict,
@@ -222,7 +242,8 @@ def _maybe_assemble(shard: _Shard, settings: dict) -> None:
 
 
 # ---- running -------------------------------------------------------------------------------
-def _run(shards: list[_Shard], tokenizer, spec, settings, workers: int, progress: bool) -> None:
+def _run(shards: list[_Shard], tokenizer, spec, settings, workers: int, progress: bool,
+         backend: str) -> None:
     for shard in shards:
         _maybe_assemble(shard, settings)  # every part was committed before a kill
     tasks = [Task((i, k), u, s.part_prefix(k), s.fingerprint,
@@ -234,7 +255,9 @@ def _run(shards: list[_Shard], tokenizer, spec, settings, workers: int, progress
         shards[key[0]].parts[key[1]] = part
         _maybe_assemble(shards[key[0]], settings)
 
-    run_tasks(tasks, workers, (tokenizer, spec, settings), progress, done)
+    if tasks:  # loaded (and probed against tiktoken) only when there is work; workers inherit it
+        run_tasks(tasks, workers, (build_encoder(tokenizer, backend), spec, settings), progress,
+                  done)
 
 
 # ---- finishing a run -----------------------------------------------------------------------
@@ -255,16 +278,17 @@ def _check_totals(totals: dict, max_fraction: float, prefix: str, shards: list[_
 
 
 def _finish(shards: list[_Shard], prefix: str, settings: dict, merge: bool,
-            keep_shards: bool) -> dict:
+            keep_shards: bool, backend: dict) -> dict:
     inputs = [s.manifest["inputs"][0] for s in shards]
     if not merge:
         base = os.path.dirname(prefix) or "."
         datasets = [os.path.relpath(s.prefix, base) for s in shards]
-        manifest = build_manifest("index", prefix, settings, inputs, datasets)
+        manifest = build_manifest("index", prefix, settings, inputs, datasets, backend=backend)
         write_json_atomic(manifest_path(prefix), manifest)
         return manifest
     concat_datasets([s.prefix for s in shards], prefix, move=not keep_shards)
-    manifest = build_manifest("merged", prefix, settings, inputs)
+    manifest = pin_dataset(build_manifest("merged", prefix, settings, inputs, backend=backend),
+                           prefix)
     write_json_atomic(manifest_path(prefix), manifest)  # the commit; then the shards can go
     if not keep_shards:
         shutil.rmtree(prefix + ".shards")

@@ -10,8 +10,9 @@ import time
 import traceback
 from typing import Callable, NamedTuple
 
-from elama.data.readers import Unit
+from elama.data.readers import InputError, Unit
 from elama.data.shards import write_part
+from elama.lifetime import die_with_parent
 
 
 class Task(NamedTuple):
@@ -42,19 +43,15 @@ def run_tasks(tasks: list[Task], workers: int, state: tuple, progress: bool,
 def _worker(tokenizer, spec, settings, tasks, results, parent_pid: int) -> None:
     """Tokenize tasks until the None sentinel; report ("progress" | "done" | "error", ...)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-    try:  # die with the parent (kill -9 included) instead of finishing orphaned work
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent_pid:
-        return
+    die_with_parent(parent_pid)  # kill -9 of the run included: no orphaned work
     for task in iter(tasks.get, None):
         try:
             part = write_part(tokenizer, spec, task.unit, task.prefix, settings, task.fingerprint,
                               lambda d, t, b: results.put(("progress", d, t, b)))
             results.put(("done", task.key, part))
+        except InputError as e:  # bad input, not a bug: its message, no traceback
+            results.put(("input_error", task.key, str(e)))
+            return
         except BaseException:
             results.put(("error", task.key, traceback.format_exc()))
             return
@@ -92,6 +89,8 @@ def _run_processes(tasks: list[Task], workers: int, state: tuple, total_bytes: i
                     continue
                 if kind == "progress":
                     bar.update(*msg)
+                elif kind == "input_error":
+                    raise InputError(msg[1])
                 elif kind == "error":
                     unit = by_key[msg[0]].unit
                     raise RuntimeError(f"tokenizing {unit.path} (unit {unit.index}) failed:\n"

@@ -21,6 +21,7 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from elama.config import ModelConfig
+from elama.model.attention import SDPAttention
 from elama.model.norm import RMSNorm
 from elama.parallel.dims import ParallelDims
 
@@ -55,9 +56,13 @@ def transformer_config_kwargs(m: ModelConfig, dims: ParallelDims, *, device: str
         transformer_impl="transformer_engine" if te else "local",
         attention_backend=AttnBackend.auto if te else AttnBackend.local,
         # Fused kernels exist only on GPU (TE or megatron's jit fusions).
-        bias_activation_fusion=gpu, bias_dropout_fusion=gpu, apply_rope_fusion=gpu and te,
+        # SwiGLU fused: megatron's bias_swiglu (torch.compile'd on CPU, opt-in: compile time)
+        bias_activation_fusion=gpu or m.swiglu_fusion, bias_dropout_fusion=gpu, apply_rope_fusion=gpu and te,
         gradient_accumulation_fusion=gpu and te, masked_softmax_fusion=False,
         cross_entropy_loss_fusion=gpu, persist_layer_norm=False,
+        # megatron-core 0.16.1 defaults to the deprecated "full" scope and warns per rank; [] is
+        # its new spelling of the same (whole-layer) scope. CUDA graphs stay off either way.
+        cuda_graph_scope=[],
     )
     if m.recompute != "none":
         kwargs["recompute_granularity"] = m.recompute
@@ -77,7 +82,8 @@ def transformer_config(m: ModelConfig, dims: ParallelDims, *, device: str) -> Tr
 
 def layer_spec(m: ModelConfig):
     """Spec of one Llama decoder layer: TE modules (fused norm+linear, FP8) or megatron-core's
-    local modules with our sequence-parallel-capable RMSNorm."""
+    local modules with our sequence-parallel-capable RMSNorm and (model.core_attention=sdpa)
+    SDPA core attention."""
     if m.transformer_impl == "te":
         from megatron.core.models.gpt.gpt_layer_specs import (
             get_gpt_layer_with_transformer_engine_spec,
@@ -85,6 +91,8 @@ def layer_spec(m: ModelConfig):
 
         return get_gpt_layer_with_transformer_engine_spec()
     spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    if m.core_attention == "sdpa":
+        spec.submodules.self_attention.submodules.core_attention = SDPAttention
     spec.submodules.input_layernorm = RMSNorm
     spec.submodules.pre_mlp_layernorm = RMSNorm
     return spec

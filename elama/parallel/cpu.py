@@ -77,6 +77,13 @@ SITES: tuple[CudaSite, ...] = (
     _site("dist_checkpointing/strategies/filesystem_async.py",
           "FileSystemWriterAsync.preload_tensors", "synchronize", "torch.cuda.synchronize()",
           "waits for D2H copies before the checkpoint write"),
+    _site("dist_checkpointing/strategies/async_utils.py", "TemporalAsyncCaller.schedule_async_call",
+          "synchronize", "torch.cuda.synchronize()", "async save: D2H copies done before the fork"),
+    _site("dist_checkpointing/strategies/async_utils.py", "AsyncCaller.sync_all_async_calls",
+          "current_device", "torch.cuda.current_device()", "async save: all-reduce of 'still writing'"),
+    _site("dist_checkpointing/strategies/async_utils.py",
+          "AsyncCallsQueue.maybe_finalize_async_calls", "current_device",
+          "torch.cuda.current_device()", "async save: all-reduce of the finalized call index"),
     _site("pipeline_parallel/schedules.py", "forward_backward_no_pipelining", "factory",
           'device="cuda"', "total_num_tokens accumulator"),
     _site("pipeline_parallel/schedules.py", "forward_backward_pipelining_with_interleaving",
@@ -103,6 +110,10 @@ SITES: tuple[CudaSite, ...] = (
           "torch.cuda.FloatTensor", "accepts only CUDA parameter types"),
     _site("optimizer/clip_grads.py", "clip_grad_by_total_norm_fp32", "type_check",
           "torch.cuda.FloatTensor", "asserts fp32 CUDA grads"),
+    _site("optimizer/clip_grads.py", "get_grad_norm_fp32", "exact_norm", "l2_norm_impl",
+          "without apex/TE, megatron's fallback L2 norm (utils.local_multi_tensor_l2_norm) sums "
+          "a tensor's squares in float32: 4e-3 relative off on a 128256x512 embedding "
+          "(measured), and different per layout; replaced by float64 accumulation"),
 )
 
 _BY_KIND: dict[str, dict[tuple[str, str], CudaSite]] = collections.defaultdict(dict)
@@ -208,7 +219,37 @@ def apply_cpu_device_layer() -> None:
     torch.Tensor.cuda = _tensor_cuda
     torch.Tensor.type = _tensor_type
     _apply_rng_tracker()
+    _apply_exact_grad_norm()
     _APPLIED = True
+
+
+# --- the gradient norm, exact -------------------------------------------------------------------
+_NORM_BLOCK = 4096  # float32 norms of blocks this long are exact to ~1e-9 once summed in float64
+
+
+def _exact_l2_norm(chunk_size, noop_flag, tensor_lists, per_tensor, *args):
+    """Drop-in for megatron's l2_norm_impl (multi_tensor_l2norm's signature and result: a
+    1-element float32 tensor, None): float32 norms of 4096-element blocks (fast, and exact at
+    that length), their squares summed in float64, rounded to float32 once. float32 out, as
+    megatron's all-reduce of the norms expects the same dtype on every rank."""
+    _admit("exact_norm", depth=3)  # called by megatron's multi_tensor_applier
+    total = torch.zeros((), dtype=torch.float64)
+    for tensor_list in tensor_lists:
+        for t in tensor_list:
+            flat = t.detach().reshape(-1)
+            cut = flat.numel() - flat.numel() % _NORM_BLOCK
+            if cut:
+                total += torch.linalg.vector_norm(flat[:cut].view(-1, _NORM_BLOCK), dim=1) \
+                    .double().square().sum()
+            total += flat[cut:].double().square().sum()
+    return total.sqrt().float().reshape(1), None
+
+
+def _apply_exact_grad_norm() -> None:
+    clip_grads = importlib.import_module("megatron.core.optimizer.clip_grads")
+    utils = importlib.import_module("megatron.core.utils")
+    if clip_grads.l2_norm_impl is utils.local_multi_tensor_l2_norm:  # the fallback, not apex/TE
+        clip_grads.l2_norm_impl = _exact_l2_norm
 
 
 # --- the CUDA RNG tracker, backed by CPU generator states -------------------------------------
@@ -261,19 +302,21 @@ def _apply_rng_tracker() -> None:
 
 def missing_sites() -> list[str]:
     """Listed sites whose megatron-core function no longer exists or no longer makes the call."""
-    missing = []
-    for site in SITES:
-        module_name = "megatron.core." + site.path[:-3].replace("/", ".")
-        try:
-            obj = importlib.import_module(module_name)
-            for part in site.function.split("."):
-                if not hasattr(obj, part) and inspect.isfunction(obj):
-                    break  # a nested function: its source is inside the enclosing one
-                obj = getattr(obj, part)
-            source = inspect.getsource(obj)
-        except (ImportError, AttributeError, OSError, TypeError) as e:
-            missing.append(f"{site.path}:{site.function}: {e.__class__.__name__}: {e}")
-            continue
-        if site.source not in source:
-            missing.append(f"{site.path}:{site.function} no longer contains {site.source!r}")
-    return missing
+    return [p for p in (site_problem(s.path, s.function, s.source) for s in SITES) if p]
+
+
+def site_problem(path: str, function: str, text: str) -> str | None:
+    """Why megatron-core's `function` in `path` (under megatron/core/) is gone or no longer
+    contains `text`; None when it does. Shared with elama/parallel/patches.py."""
+    try:
+        obj = importlib.import_module("megatron.core." + path[:-3].replace("/", "."))
+        for part in function.split("."):
+            if not hasattr(obj, part) and inspect.isfunction(obj):
+                break  # a nested function: its source is inside the enclosing one
+            obj = getattr(obj, part)
+        source = inspect.getsource(obj)
+    except (ImportError, AttributeError, OSError, TypeError) as e:
+        return f"{path}:{function}: {e.__class__.__name__}: {e}"
+    if text not in source:
+        return f"{path}:{function} no longer contains {text!r}"
+    return None

@@ -40,8 +40,10 @@ def init_distributed(dims: ParallelDims, *, device: str, seed: int, timeout_s: i
     """Start torch.distributed from the torchrun/Slurm environment, then megatron's groups.
 
     On device=cpu the CPU device layer is applied first: megatron-core seeds its CUDA RNG tracker
-    inside model_parallel_cuda_manual_seed below.
+    inside model_parallel_cuda_manual_seed below. Without a launcher (no MASTER_ADDR) a world of
+    one process starts on an in-memory store: `python -m elama.train ...` as a plain process.
     """
+    apply_device_env(dims)
     if device == "cpu":
         from elama.parallel.cpu import apply_cpu_device_layer
 
@@ -53,17 +55,42 @@ def init_distributed(dims: ParallelDims, *, device: str, seed: int, timeout_s: i
         if world_size != dims.world_size:
             raise RuntimeError(f"WORLD_SIZE={world_size} from the launcher but the layout needs "
                                f"{dims.world_size} processes ({dims.describe()})")
-        dist.init_process_group(backend="gloo" if device == "cpu" else "nccl",
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        backend, timeout = "gloo" if device == "cpu" else "nccl", datetime.timedelta(seconds=timeout_s)
+        if world_size == 1 and "MASTER_ADDR" not in os.environ:
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1,
+                                    timeout=timeout)
+        else:
+            dist.init_process_group(backend=backend, timeout=timeout)
+    init_model_parallel_groups(dims, timeout_s=timeout_s)
+    set_seeds(seed)
+    logger.info("process groups ready: %s, backend %s", dims.describe(), dist.get_backend())
+
+
+def init_model_parallel_groups(dims: ParallelDims, *, timeout_s: int = 1800,
+                               gloo_groups: bool = True) -> None:
+    """megatron's tp/pp/cp/dp groups on an initialised default group. The fake-backend dry run
+    (elama/parallel/fake.py) passes gloo_groups=False: gloo cannot sit on a fake world."""
     ps.initialize_model_parallel(
         tensor_model_parallel_size=dims.tp,
         pipeline_model_parallel_size=dims.pp,
         virtual_pipeline_model_parallel_size=dims.vpp if dims.vpp > 1 else None,
         context_parallel_size=dims.cp,
         distributed_timeout_minutes=max(1, timeout_s // 60),
+        create_gloo_process_groups=gloo_groups,
     )
-    set_seeds(seed)
-    logger.info("process groups ready: %s, backend %s", dims.describe(), dist.get_backend())
+
+
+def cp_rank() -> int:
+    return ps.get_context_parallel_rank()
+
+
+def apply_device_env(dims: ParallelDims) -> None:
+    """CUDA_DEVICE_MAX_CONNECTIONS=1 with tensor parallelism, before any CUDA context exists:
+    megatron-core's async TP / sequence-parallel communication relies on one hardware queue to
+    start before the GEMM it overlaps (tensor_parallel/layers.py warns per rank otherwise; on CPU
+    the variable only answers that check). A value the user exported wins."""
+    if dims.tp > 1:
+        os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
 
 
 def set_seeds(seed: int) -> None:

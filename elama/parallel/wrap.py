@@ -22,6 +22,10 @@ def build_model_chunks(cfg: ElamaConfig, tc, dims: ParallelDims) -> list:
             cfg.model, tc, dims,
             pre_process=setup.is_first_stage(vp_stage), post_process=setup.is_last_stage(vp_stage),
             vp_stage=vp_stage, pp_rank=setup.pp_rank()))
+    if cfg.lora.rank > 0:  # before DDP: its buffers and the optimizer hold trainable params only
+        from elama.model.lora import apply_lora
+
+        apply_lora(chunks, cfg.lora, tp=dims.tp)
     return chunks
 
 

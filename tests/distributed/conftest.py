@@ -1,7 +1,16 @@
-"""Fixtures of the distributed lane: a small tokenized e-commerce + general blend, made once."""
+"""Fixtures of the distributed lane: CUDA hidden from every rank process it starts (so the lane
+runs its CPU ranks on a GPU host too), a small tokenized e-commerce + general blend, made once."""
 from __future__ import annotations
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _hide_cuda_from_ranks(monkeypatch):
+    """Rank processes (spawned or started like srun's tasks) inherit this environment: with no
+    visible GPU, torch reports none and the CPU device layer applies. The pytest process itself
+    is unchanged, so the gpu lane in the same session still sees its GPU."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
 
 @pytest.fixture(scope="session")

@@ -65,21 +65,32 @@ def test_resume_after_kill_is_bitwise_exact(straight_run, tiny_blend, tmp_path):
 
 
 def test_resume_into_another_layout(straight_run, tiny_blend, tmp_path):
-    """tp=2, pp=2 -> tp=1, pp=1: step 11 from the step-10 checkpoint matches the original."""
+    """tp=2, pp=2 -> tp=1, pp=1. The default (dp_reshardable) optimizer state is refused at
+    another tp/pp, naming the way through: one step at the saved layout with the fully
+    reshardable format, whose checkpoint then loads at tp=1, pp=1 and step 12 matches."""
     run_dir = tmp_path / "relayout"
     run_dir.mkdir()
     shutil.copytree(straight_run / "iter_0000010", run_dir / "iter_0000010")
     checkpoint.write_tracker(run_dir, 10)
-    codes = train(1, _argv(run_dir, tiny_blend, "parallel.distributed_optimizer=true",
-                           "train.exit_interval=12"), tmp_path / "logs")
+    single = _argv(run_dir, tiny_blend, "parallel.distributed_optimizer=true",
+                   "train.exit_interval=12")
+    assert train(1, single, tmp_path / "refused") == [2]
+    log = (tmp_path / "refused" / "rank0.log").read_text()
+    assert "dp_reshardable" in log and "checkpoint.optimizer_format=fully_reshardable" in log
+    assert "Traceback" not in log and checkpoint.read_tracker(run_dir) == 10
+    codes = train(4, _argv(run_dir, tiny_blend, *TP2_PP2, "train.exit_interval=11",
+                           "checkpoint.optimizer_format=fully_reshardable"), tmp_path / "logs")
+    assert codes == [0, 0, 0, 0], (tmp_path / "logs" / "rank0.log").read_text()[-3000:]
+    assert checkpoint.read_meta(run_dir / "iter_0000011")["optimizer_format"] == "fully_reshardable"
+    codes = train(1, single, tmp_path / "logs")
     assert codes == [0], (tmp_path / "logs" / "rank0.log").read_text()[-3000:]
     want, got = metrics(straight_run), metrics(run_dir)
     # Same weights and optimizer state, other reduction orders: float32 rounding only. The
     # gradient norm of a trained model with a 128k vocabulary is the noisiest figure (measured
     # 1.3e-4 relative), the loss the tightest (2e-8).
-    for step in (11, 12):
-        assert got[step]["loss"] == pytest.approx(want[step]["loss"], rel=1e-5)
-        assert got[step]["grad_norm"] == pytest.approx(want[step]["grad_norm"], rel=1e-3)
+    assert got[11]["loss"] == want[11]["loss"]  # the same layout: bitwise
+    assert got[12]["loss"] == pytest.approx(want[12]["loss"], rel=1e-5)
+    assert got[12]["grad_norm"] == pytest.approx(want[12]["grad_norm"], rel=1e-3)
 
 
 def test_kill_during_save_keeps_previous_checkpoint(tiny_blend, tmp_path):

@@ -91,3 +91,44 @@ def test_extra_checks_join_the_report():
         validate(cfg, world_size=3, extra_checks=[lambda c, w: ["data prefix x is missing"]])
     assert "data prefix x is missing" in e.value.problems
     assert any("tp=3" in p for p in e.value.problems)
+
+
+@pytest.mark.parametrize("override", ["+parallel.tpp=2", "parallel.tpp=2", "++parallel.tpp=2"])
+def test_unknown_field_is_refused_with_a_suggestion(override):
+    with pytest.raises(ConfigError) as e:
+        load_config(["data=synthetic", override])
+    (problem,) = e.value.problems
+    assert "parallel.tpp is not a field of the config" in problem
+    assert "did you mean parallel.tp" in problem and "--help" in problem
+
+
+def test_every_unknown_field_is_listed_at_once_even_inside_lists():
+    with pytest.raises(ConfigError) as e:
+        load_config(["modle.num_layers=2", "train.trainsteps=3", "+seedd=1"])
+    text = str(e.value)
+    assert len(e.value.problems) == 3
+    for needle in ("did you mean model.num_layers", "did you mean train.train_steps",
+                   "did you mean seed"):
+        assert needle in text, needle
+    with pytest.raises(ConfigError, match=r"wieght is not a field.*data.train_blend\[\].weight"):
+        load_config(["data.train_blend=[{prefix:a,wieght:1}]"])
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("parallel.tp=two", "parallel.tp=two: could not convert 'two' to int"),
+    ("train.train_steps=1.5", "could not convert '1.5' to int"),
+    ("model.kv_channels=abc", "could not convert 'abc' to int or null"),
+    ("parallel.sequence_parallel=maybe", "could not convert 'maybe' to bool (true or false)"),
+    ("optim.lr=fast", "could not convert 'fast' to float"),
+])
+def test_type_errors_keep_their_cause(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config([override])
+    assert needle in str(e.value)
+
+
+def test_known_fields_groups_and_list_entries_compose():
+    cfg = load_config(["experiment=cpt_tiny_cpu", "data.train_blend=[{prefix:a,weight:2}]",
+                       "++model.name=x", "logging.wandb_project=demo"])
+    assert cfg.data.train_blend[0].weight == 2.0 and cfg.model.name == "x"
+    assert cfg.logging.wandb_mode == "offline"

@@ -71,3 +71,34 @@ def test_cli_prints_corpora_languages_and_epochs(two_corpora, capsys):
     assert report["blend"][0]["epochs"] == pytest.approx(1000 / m_ecom["tokens_written"])
     assert data_stats.main([str(ecom) + "-missing"]) == 2
     assert "no such manifest" in capsys.readouterr().err
+
+
+def test_rescaled_weights_are_announced(two_corpora, capsys):
+    (ecom, general), _ = two_corpora
+    assert data_stats.main(["--blend", "0.7", ecom, "0.7", general, "--token-budget", "1M"]) == 0
+    captured = capsys.readouterr()
+    assert "note: blend weights 0.7, 0.7 sum to 1.4, not 1: normalised to 0.5, 0.5" in captured.err
+    assert data_stats.main(["--json", "--blend", "0.7", ecom, "0.7", general]) == 0
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)["blend"]
+    assert [(r["weight_given"], r["weight"]) for r in rows] == [(0.7, 0.5), (0.7, 0.5)]
+    assert "normalised to 0.5, 0.5" in captured.err
+    assert data_stats.main(["--blend", "0.25", ecom, "0.75", general]) == 0
+    assert "note" not in capsys.readouterr().err
+
+
+def test_bar_chart_of_tokens_per_source_and_language(two_corpora, tmp_path, capsys):
+    (ecom, general), (m_ecom, _) = two_corpora
+    png = tmp_path / "tokens.png"
+    assert data_stats.main(["--blend", "0.5", ecom, "0.5", general, "--token-budget", "1M",
+                            "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {png}" in capsys.readouterr().err
+    from elama.data.stats import language_tokens
+
+    rows = blend_rows(parse_blend(["0.5", ecom, "0.5", general]), 10**6)
+    drawn = language_tokens(rows, budget=True)[ecom]
+    assert set(drawn) == {"de", "en"} and sum(drawn.values()) == pytest.approx(500_000)
+    assert drawn["de"] / drawn["en"] == pytest.approx(
+        m_ecom["tokens_by_language"]["de"] / m_ecom["tokens_by_language"]["en"])
+    assert data_stats.main([ecom, "--plot", str(tmp_path / "missing" / "x.png")]) == 2
+    assert "--plot" in capsys.readouterr().err

@@ -283,3 +283,69 @@ def test_cli_sweep_and_refusals(ckpts, tmp_path, capsys):
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "alpha=-0.5 is out of range" in proc.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize("density", [0.3, 0.999, 1.0])
+def test_streamed_ties_and_slerp_match_whole_tensors_across_many_blocks(ckpts, tmp_path,
+                                                                        monkeypatch, density):
+    """Blocks of a few rows and chunks of 100 elements: TIES' two-pass radix select finds the
+    same thresholds as kthvalue on the whole tensor (bitwise the same output), SLERP's angle
+    from blocks the same as from the whole tensor."""
+    import elama.merge_stream as stream
+
+    monkeypatch.setattr(stream, "READ_BLOCK_BYTES", 1000)
+    monkeypatch.setattr(stream, "COMPUTE_CHUNK_ELEMS", 100)
+    b, m1, m2 = (_tensors(ckpts[k]) for k in ("f32_0", "f32_1", "f32_2"))
+    ties = _tensors(_merge(ckpts, tmp_path / "ties", "f32_1", "f32_2", method="ties", alpha=0.8,
+                           density=density, weights=(1.0, 0.5)).path)
+    slerp = _tensors(_merge(ckpts, tmp_path / "slerp", "f32_1", method="slerp", alpha=0.3).path)
+    for name in b:
+        want = merge_ties(b[name], [m1[name], m2[name]], [1.0, 0.5], density, 0.8)
+        assert torch.equal(ties[name], want), name
+        torch.testing.assert_close(slerp[name], merge_slerp(b[name], m1[name], 0.3),
+                                   rtol=1e-6, atol=1e-7)
+
+
+def test_thresholds_are_exact_kth_largest_magnitudes(tmp_path, monkeypatch):
+    import elama.merge_stream as stream
+
+    monkeypatch.setattr(stream, "READ_BLOCK_BYTES", 512)
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(64, 33, generator=g)
+    model = base + torch.randn(64, 33, generator=g) * torch.rand(64, 33, generator=g)
+    model[5, :7] = base[5, :7] + 0.25  # repeated magnitudes at the threshold are kept
+    paths = []
+    for name, t in (("base", base), ("model", model)):
+        with ShardedSafetensorsWriter(tmp_path / name, 10**9) as w:
+            w.add("w", t)
+        (tmp_path / name / "config.json").write_text("{}")
+        paths.append(HFCheckpointReader(tmp_path / name))
+    for density in (0.01, 0.1, 0.5, 0.9):
+        k = math.ceil(density * base.numel())
+        want = (model - base).abs().reshape(-1).kthvalue(base.numel() - k + 1).values.item()
+        assert stream.ties_thresholds("w", paths, {}, density) == [want]
+    for r in paths:
+        r.close()
+
+
+@pytest.mark.parametrize("method", ["linear", "slerp", "task_arithmetic", "ties"])
+def test_a_nan_in_an_input_is_refused_naming_the_tensor(ckpts, tmp_path, method):
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    copy_side_files(ckpts["adapted"], bad)
+    for shard in sorted(Path(ckpts["adapted"]).glob("*.safetensors")):
+        tensors = load_file(shard)
+        target = "model.layers.1.mlp.up_proj.weight"
+        if target in tensors:
+            tensors[target][3, 4] = float("nan")
+        save_file(tensors, bad / shard.name, metadata={"format": "pt"})
+    (bad / "model.safetensors.index.json").write_bytes(
+        (Path(ckpts["adapted"]) / "model.safetensors.index.json").read_bytes())
+    out = tmp_path / "out"
+    with pytest.raises(MergeError, match=r"tensor model\.layers\.1\.mlp\.up_proj\.weight of .*bad "
+                                         r"holds NaN or inf"):
+        merge_checkpoints(ckpts["base"], [bad], out, MergeSpec(method, 0.5),
+                          max_shard_bytes=60_000, progress=False)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad"]

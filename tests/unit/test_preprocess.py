@@ -81,7 +81,8 @@ def test_gpt_dataset_reads_output(tok, tricky, tmp_path):
 def test_bad_inputs_each_rejected_with_reason(tmp_path, tok):
     bad = write_bad_corpus(str(tmp_path / "in"))
     prefix = str(tmp_path / "out" / "bad")
-    m = tokenize_files(bad["paths"], prefix, max_reject_fraction=1.0, merge=True, progress=False)
+    m = tokenize_files(bad["paths"], prefix, max_reject_fraction=1.0, merge=True, progress=False,
+                       accept_truncated=True)  # without it, the cut files fail (tests/faults)
     with open(prefix + ".rejects.jsonl") as f:
         rejects = [json.loads(line) for line in f]
     bad_path, gz, zst = bad["paths"]
@@ -110,14 +111,17 @@ def test_reject_fraction_fails_the_run(tmp_path, capsys):
     bad = write_bad_corpus(str(tmp_path / "in"))
     prefix = str(tmp_path / "out" / "bad")
     with pytest.raises(TooManyRejectsError, match=r"max_reject_fraction=0\.10%.*rejects\.jsonl"):
-        tokenize_files(bad["paths"], prefix, max_reject_fraction=0.001, progress=False)
+        tokenize_files(bad["paths"], prefix, max_reject_fraction=0.001, progress=False,
+                       accept_truncated=True)
     assert not os.path.exists(prefix + ".manifest.json")
     assert sum(1 for _ in open(prefix + ".rejects.jsonl")) == 11
     rc = preprocess_data.main(["--input", *bad["paths"], "--output-prefix", prefix,
-                               "--max-reject-fraction", "0.001", "--no-progress"])
+                               "--max-reject-fraction", "0.001", "--no-progress",
+                               "--accept-truncated"])
     assert rc == 3 and "documents rejected" in capsys.readouterr().err
     assert preprocess_data.main(["--input", *bad["paths"], "--output-prefix", prefix,
-                                 "--max-reject-fraction", "0.5", "--no-progress"]) == 0
+                                 "--max-reject-fraction", "0.5", "--no-progress",
+                                 "--accept-truncated"]) == 0
     assert read_manifest(prefix)["documents_rejected"] == 11
 
 
@@ -223,7 +227,7 @@ def test_parquet_rows_rejected_like_json_records(tmp_path):
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
     prefix = str(tmp_path / "pq")
     m = tokenize_files([nokey, mixed, str(tmp_path / "broken.parquet")], prefix,
-                       max_reject_fraction=1.0, merge=True, progress=False)
+                       max_reject_fraction=1.0, merge=True, progress=False, accept_truncated=True)
     with open(prefix + ".rejects.jsonl") as f:
         got = [(os.path.basename(r["file"]), r["line"], r["reason"]) for r in map(json.loads, f)]
     assert got == [("nokey.parquet", 1, "missing_key"), ("nokey.parquet", 2, "missing_key"),

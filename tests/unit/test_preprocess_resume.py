@@ -51,7 +51,7 @@ def test_output_identical_for_one_and_two_workers(corpus, tmp_path, merge):
         out = tmp_path / f"w{workers}"
         manifest = tokenize_files(corpus, str(out / "ds"), workers=workers, merge=merge,
                                   chunk_bytes=64_000, max_reject_fraction=0.5,
-                                  language_key="lang", progress=False)
+                                  language_key="lang", progress=False, accept_truncated=True)
         trees.append(_tree(str(out)))
     assert trees[0] == trees[1]
     assert manifest["documents_written"] > 4500 and manifest["documents_rejected"] > 0
@@ -111,7 +111,8 @@ def test_array_tasks_then_final_run_equal_one_run(corpus, tmp_path, monkeypatch)
 
     from elama.data import workers
 
-    kwargs = dict(merge=True, max_reject_fraction=0.5, language_key="lang", progress=False)
+    kwargs = dict(merge=True, max_reject_fraction=0.5, language_key="lang", progress=False,
+                  accept_truncated=True)
     tokenize_files(corpus, str(tmp_path / "one" / "ds"), **kwargs)
     ctx = multiprocessing.get_context("fork")
     tasks = [ctx.Process(target=tokenize_files, args=(corpus, str(tmp_path / "arr" / "ds")),

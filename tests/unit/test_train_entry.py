@@ -82,3 +82,14 @@ def test_check_mode_refuses_an_unwritable_run_dir_and_passes_a_good_one(tmp_path
     assert "checkpoint.run_dir=/proc/elama-run is not writable" in caplog.text
     assert main(["--check", "data=synthetic", f"checkpoint.run_dir={tmp_path / 'run'}"]) == 0
     assert (tmp_path / "run").is_dir() and not dist.is_initialized()
+
+
+def test_config_errors_print_once_not_once_per_rank(tmp_path):
+    from tests.launch import Ranks
+
+    ranks = Ranks(2, ["data=synthetic", "+parallel.tpp=2", f"checkpoint.run_dir={tmp_path / 'run'}"],
+                  tmp_path / "logs")
+    assert ranks.wait(timeout_s=180) == [EXIT_CONFIG, EXIT_CONFIG]
+    assert "parallel.tpp is not a field of the config (did you mean parallel.tp" in ranks.log(0)
+    assert "invalid config" not in ranks.log(1) and "Traceback" not in ranks.log(1)
+    assert not (tmp_path / "run").exists()  # nothing started, nothing written
