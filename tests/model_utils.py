@@ -33,3 +33,26 @@ def reference_init(chunks: list, tp: int, seed: int = 0, std: float = 0.02) -> d
         values = torch.randn(shape, generator=g)
         full[name] = 1.0 + 0.1 * values if param.dim() == 1 else std * values
     return full
+
+
+def build_reference_run(overrides: list):
+    """In a spawned rank: the tiny model at the config's layout with reference weights (the same
+    full tensors whatever the layout) and its optimizer; the setup the layout-parity tests share."""
+    import os
+
+    from elama.config import load_config, validate
+    from elama.optim import build_optimizer
+    from elama.parallel import parallelize_llama, setup
+    from elama.parallel.dims import ParallelDims
+    from elama.parallel.shards import apply_full_state_dict
+
+    world = int(os.environ["WORLD_SIZE"])
+    cfg = load_config(TINY_OVERRIDES + overrides)
+    validate(cfg, world)
+    dims = ParallelDims.from_config(cfg.parallel, world)
+    setup.init_distributed(dims, device="cpu", seed=cfg.seed)
+    model, tc = parallelize_llama(cfg, dims)
+    apply_full_state_dict(model, reference_init(model, dims.tp))
+    optimizer = build_optimizer(cfg, model)
+    tc.grad_scale_func = optimizer.scale_loss
+    return cfg, dims, model, optimizer

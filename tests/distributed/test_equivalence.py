@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.model_utils import TINY_OVERRIDES
 from tests.spawn import run_distributed
 
 STEPS = 3
@@ -14,26 +13,13 @@ VOCAB = ["model.vocab_size=128256"]
 
 
 def _train(overrides: list, steps: int):
-    import os
-
-    from elama.config import load_config, validate
     from elama.data.synthetic import synthetic_microbatches
-    from elama.optim import build_optimizer
-    from elama.parallel import parallelize_llama, setup
-    from elama.parallel.dims import ParallelDims
-    from elama.parallel.shards import apply_full_state_dict, gather_full_state_dict
+    from elama.parallel import setup
+    from elama.parallel.shards import gather_full_state_dict
     from elama.trainer import train_step
-    from tests.model_utils import reference_init
+    from tests.model_utils import build_reference_run
 
-    world = int(os.environ["WORLD_SIZE"])
-    cfg = load_config(TINY_OVERRIDES + VOCAB + overrides)
-    validate(cfg, world)
-    dims = ParallelDims.from_config(cfg.parallel, world)
-    setup.init_distributed(dims, device="cpu", seed=cfg.seed)
-    model, tc = parallelize_llama(cfg, dims)
-    apply_full_state_dict(model, reference_init(model, dims.tp))
-    optimizer = build_optimizer(cfg, model)
-    tc.grad_scale_func = optimizer.scale_loss
+    cfg, dims, model, optimizer = build_reference_run(VOCAB + overrides)
     iters = [synthetic_microbatches(seed=7, seq_len_tokens=cfg.data.seq_len_tokens,
                                     vocab_size=cfg.model.vocab_size,
                                     micro_batch_size=cfg.train.micro_batch_size,

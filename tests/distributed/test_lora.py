@@ -5,12 +5,12 @@ base + (alpha / r) B A."""
 from __future__ import annotations
 
 import json
+import os
 from functools import partial
 
 import pytest
 import torch
 
-from tests.model_utils import TINY_OVERRIDES
 from tests.spawn import run_distributed
 
 pytestmark = pytest.mark.distributed
@@ -20,30 +20,18 @@ STEPS = 3
 
 
 def _train(overrides: list, save_dir: str | None):
-    import os
-
     from elama import checkpoint
-    from elama.config import load_config, to_dict, validate
+    from elama.config import to_dict
     from elama.data.synthetic import synthetic_microbatches
     from elama.model.lora import trainable_parameters
-    from elama.optim import build_optimizer
-    from elama.parallel import parallelize_llama, setup
-    from elama.parallel.dims import ParallelDims
-    from elama.parallel.shards import apply_full_state_dict, gather_full_state_dict
+    from elama.parallel import setup
+    from elama.parallel.shards import gather_full_state_dict
     from elama.scoring import compute_logits
     from elama.trainer import train_step
-    from tests.model_utils import reference_init
+    from tests.model_utils import build_reference_run
 
-    world = int(os.environ["WORLD_SIZE"])
-    cfg = load_config(TINY_OVERRIDES + LORA + overrides)
-    validate(cfg, world)
-    dims = ParallelDims.from_config(cfg.parallel, world)
-    setup.init_distributed(dims, device="cpu", seed=cfg.seed)
-    model, tc = parallelize_llama(cfg, dims)
     # B random rather than PEFT's zeros, so the adapters change the outputs from step 0
-    apply_full_state_dict(model, reference_init(model, dims.tp))
-    optimizer = build_optimizer(cfg, model)
-    tc.grad_scale_func = optimizer.scale_loss
+    cfg, dims, model, optimizer = build_reference_run(LORA + overrides)
     in_optimizer = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
     t = cfg.train
     data = dict(seed=7, seq_len_tokens=cfg.data.seq_len_tokens, vocab_size=cfg.model.vocab_size,
