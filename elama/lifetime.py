@@ -4,9 +4,11 @@ tokenizer's workers) would otherwise keep running, ~140 MB each, after their ran
 from __future__ import annotations
 
 import ctypes
+import gc
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 
 _PR_SET_PDEATHSIG = 1
@@ -50,3 +52,11 @@ def maybe_die_with_spawning_parent() -> None:
     any other process."""
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         die_with_parent(os.getppid())
+
+
+def exit_process(code: int):
+    """sys.exit(code), the heap frozen first: the interpreter's last collections then skip the
+    millions of objects torch and megatron-core made at import (measured: 5 s of the 7.6 s a
+    4-rank CPU run took between its outcome line and torchrun's return). Exit handlers still run."""
+    gc.freeze()
+    sys.exit(code)

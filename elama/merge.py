@@ -279,7 +279,7 @@ def _checked(name: str, readers: Sequence, merged: torch.Tensor) -> torch.Tensor
     """A whole (scalar or integer) tensor: its inputs must be finite too."""
     for r in readers:
         tensor = r.get(name)
-        if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+        if not merge_stream.all_finite(tensor):
             raise merge_stream.NonFiniteInput(f"tensor {name} of {r.path} holds NaN or inf: "
                                               "nothing was written; repair or leave out that "
                                               "checkpoint")
@@ -346,7 +346,7 @@ def _merge_opened(base: HFCheckpointReader, models: Sequence[HFCheckpointReader]
                    desc=f"{spec.method} alpha={spec.alpha:g}")
         # Planned: every output shape is known now, so blocks go straight to disk.
         writer.plan((n, base.meta(n).shape, output_dtype(base.meta(n), spec)) for n in base.names())
-        bufs: dict[int, torch.Tensor] = {}
+        bufs: dict = {}
         with writer, bar:
             for name in base.names():
                 write_merged_tensor(name, base, models, spec, writer, bufs)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -19,8 +20,7 @@ class NonFiniteInput(ValueError):
     """A merge input holding NaN or inf."""
 
 
-def scratch(bufs: dict[int, torch.Tensor], slot: int, shape: tuple[int, ...],
-            dtype: torch.dtype) -> torch.Tensor:
+def scratch(bufs: dict, slot, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A view of the reused byte buffer bufs[slot], grown if needed. Reuse matters: a fresh
     allocation page-faults on every block, which costs more than reading page-cached data."""
     nbytes = math.prod(shape) * dtype.itemsize
@@ -29,21 +29,48 @@ def scratch(bufs: dict[int, torch.Tensor], slot: int, shape: tuple[int, ...],
     return bufs[slot][:nbytes].view(dtype).view(shape)
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN or inf in t. A sum is finite only if every term is (NaN and inf propagate; a
+    finite sum of non-finite terms cannot happen), so the exact test runs only when the sum is
+    not finite (a NaN, an inf, or an overflow of large finite values). Measured: the sum is ~50x
+    faster than isfinite(t).all() on bfloat16, which was most of a merge's time."""
+    if not t.dtype.is_floating_point or bool(torch.isfinite(t.sum())):
+        return True
+    return bool(torch.isfinite(t).all())
+
+
 def blocks(name: str, readers: Sequence, bufs: dict) -> Iterator[tuple[int, tuple, list]]:
-    """(first row, block shape, flat inputs) of each row block of `name` in every reader."""
+    """(first row, block shape, flat inputs) of each row block of `name` in every reader. The
+    next block is read (and checked finite) by a second thread while the caller computes on
+    this one: reads and the caller's compute and writes overlap (two buffers per input)."""
     meta = readers[0].meta(name)
     rows_per_block = max(1, READ_BLOCK_BYTES // max(meta.row_bytes, 1))
-    for r0 in range(0, meta.rows, rows_per_block):
+    starts = range(0, meta.rows, rows_per_block)
+
+    def load(j: int) -> tuple[int, tuple, list]:
+        r0 = starts[j]
         shape = (min(rows_per_block, meta.rows - r0), *meta.shape[1:])
         ins = []
         for i, r in enumerate(readers):
-            block = r.read_rows_into(name, r0, scratch(bufs, i, shape, r.meta(name).dtype))
-            if not bool(torch.isfinite(block).all()):
+            block = r.read_rows_into(name, r0, scratch(bufs, ("in", j % 2, i), shape,
+                                                       r.meta(name).dtype))
+            if not all_finite(block):
                 raise NonFiniteInput(f"tensor {name} of {r.path} holds NaN or inf (rows {r0} to "
                                      f"{r0 + shape[0] - 1}): nothing was written; repair or "
                                      "leave out that checkpoint")
             ins.append(block.view(-1))
-        yield r0, shape, ins
+        return r0, shape, ins
+
+    if len(starts) == 1:  # one block: nothing to overlap
+        yield load(0)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="merge-read") as pool:
+        pending = pool.submit(load, 0)
+        for j in range(len(starts)):
+            block = pending.result()
+            if j + 1 < len(starts):
+                pending = pool.submit(load, j + 1)
+            yield block
 
 
 def chunks(ins: Sequence[torch.Tensor]) -> Iterator[tuple[int, list[torch.Tensor]]]:
@@ -128,7 +155,7 @@ def write_blocks(name: str, readers: Sequence, fn: Callable, out_dtype: torch.dt
     block. Small chunks keep the temporaries in cache: the pass costs about one read of the
     inputs and one write of the output, not several sweeps over float32 copies."""
     for r0, shape, ins in blocks(name, readers, bufs):
-        out = scratch(bufs, len(readers), shape, out_dtype)
+        out = scratch(bufs, "out", shape, out_dtype)
         flat = out.view(-1)
         for c, chunk in chunks(ins):
             flat[c:c + chunk[0].numel()].copy_(fn(chunk[0], chunk[1:]))

@@ -19,7 +19,7 @@ from pathlib import Path
 from elama.config import ConfigError, load_config, validate
 from elama.config.help import handle_config_flags
 from elama.logs import launcher_rank, setup_logging
-from elama.lifetime import apply_to_children, maybe_die_with_spawning_parent
+from elama.lifetime import apply_to_children, exit_process, maybe_die_with_spawning_parent
 from elama.outcome import EXIT_FAILED, Outcome, write_outcome
 
 EXIT_CONFIG, EXIT_NONFINITE = 2, 3
@@ -118,4 +118,4 @@ def run(cfg, world_size: int) -> int:
 
 
 if __name__ == "__main__":  # the guard matters: checkpoint saving starts a spawn-context Manager
-    sys.exit(main())
+    exit_process(main())

@@ -123,4 +123,6 @@ def _import_plan(src: str, dtype) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from elama.lifetime import exit_process
+
+    exit_process(main())

@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 PROCESSES = 4  # tp=2 x pp=2
 MARKER = ".elama-demo"
 # Everything the demo writes into its run directory; a rerun removes these names and nothing else.
-ENTRIES = ("corpus", "corpus_valid", "data", "train", "hf", "loss_curves.png", "tokens.png", MARKER)
+ENTRIES = ("corpus", "corpus_valid", "data", "train", "hf", "eval", "loss_curves.png", "tokens.png",
+           MARKER)
 FULL = {"corpus": {}, "valid_docs": 400, "train": [], "exit_at": 30, "steps": 60}
 # --quick: the same commands on a smaller corpus and a few steps (the test suite's version).
 QUICK = {"corpus": {"ecommerce_docs": 400, "general_bytes": 300_000}, "valid_docs": 100,
@@ -186,4 +187,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from elama.lifetime import exit_process
+
+    exit_process(main())

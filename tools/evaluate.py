@@ -14,9 +14,8 @@ Exit codes: 0 done, 2 bad input (nothing written).
 """
 from __future__ import annotations
 
-import sys
-
 if __name__ == "__main__":
     from elama.eval.cli import main
+    from elama.lifetime import exit_process
 
-    sys.exit(main())
+    exit_process(main())

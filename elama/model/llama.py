@@ -28,8 +28,11 @@ from elama.parallel.dims import ParallelDims
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
 
 
-def transformer_config_kwargs(m: ModelConfig, dims: ParallelDims, *, device: str) -> dict:
+def transformer_config_kwargs(m: ModelConfig, dims: ParallelDims, *, device: str,
+                              ddp: bool = False) -> dict:
     """Keyword arguments of megatron-core's TransformerConfig for this model, layout and device.
+    ddp: the model will be wrapped in megatron's DDP (parallelize_llama), whose main_grad buffers
+    the CPU wgrad accumulation writes into; a bare model (scoring, meta-device plans) has none.
 
     Kept apart from the constructor so that the GPU configuration (fusions, FP8) can be checked on
     a machine without Transformer Engine, whose presence TransformerConfig checks on construction.
@@ -58,7 +61,8 @@ def transformer_config_kwargs(m: ModelConfig, dims: ParallelDims, *, device: str
         # Fused kernels exist only on GPU (TE or megatron's jit fusions).
         # SwiGLU fused: megatron's bias_swiglu (torch.compile'd on CPU, opt-in: compile time)
         bias_activation_fusion=gpu or m.swiglu_fusion, bias_dropout_fusion=gpu, apply_rope_fusion=gpu and te,
-        gradient_accumulation_fusion=gpu and te, masked_softmax_fusion=False,
+        # wgrad GEMMs accumulate into DDP's main_grad: TE's kernel on GPU, addmm_ on CPU (cpu.py)
+        gradient_accumulation_fusion=(gpu and te) or (not gpu and ddp), masked_softmax_fusion=False,
         cross_entropy_loss_fusion=gpu, persist_layer_norm=False,
         # megatron-core 0.16.1 defaults to the deprecated "full" scope and warns per rank; [] is
         # its new spelling of the same (whole-layer) scope. CUDA graphs stay off either way.
@@ -76,8 +80,9 @@ def transformer_config_kwargs(m: ModelConfig, dims: ParallelDims, *, device: str
     return kwargs
 
 
-def transformer_config(m: ModelConfig, dims: ParallelDims, *, device: str) -> TransformerConfig:
-    return TransformerConfig(**transformer_config_kwargs(m, dims, device=device))
+def transformer_config(m: ModelConfig, dims: ParallelDims, *, device: str,
+                       ddp: bool = False) -> TransformerConfig:
+    return TransformerConfig(**transformer_config_kwargs(m, dims, device=device, ddp=ddp))
 
 
 def layer_spec(m: ModelConfig):

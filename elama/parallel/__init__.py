@@ -10,7 +10,7 @@ def parallelize_llama(cfg, dims):
     from elama.model.llama import transformer_config
     from elama.parallel.wrap import apply_ddp, apply_schedule_hooks, build_ddp_config, build_model_chunks
 
-    tc = transformer_config(cfg.model, dims, device=cfg.device)
+    tc = transformer_config(cfg.model, dims, device=cfg.device, ddp=True)
     ddp_config = build_ddp_config(cfg)
     chunks = apply_ddp(build_model_chunks(cfg, tc, dims), tc, ddp_config)
     apply_schedule_hooks(tc, chunks, ddp_config)

@@ -52,7 +52,8 @@ SITES: tuple[CudaSite, ...] = (
           "torch.cuda.current_device()", "sequence-parallel reduce-scatter output"),
     _site("tensor_parallel/layers.py", "LinearWithGradAccumulationAndAsyncCommunication.backward",
           "current_device", "torch.cuda.current_device()",
-          "sequence-parallel all-gather and reduce-scatter buffers in the linear backward"),
+          "sequence-parallel all-gather and reduce-scatter buffers in the linear backward, and "
+          "the unused placeholder wgrad of gradient_accumulation_fusion"),
     _site("tensor_parallel/mappings.py", "_gather_along_last_dim", "current_device",
           "torch.cuda.current_device()", "all-gather of vocab-parallel logits (inference)"),
     _site("pipeline_parallel/p2p_communication.py",
@@ -220,7 +221,39 @@ def apply_cpu_device_layer() -> None:
     torch.Tensor.type = _tensor_type
     _apply_rng_tracker()
     _apply_exact_grad_norm()
+    _apply_wgrad_accumulation()
     _APPLIED = True
+
+
+# --- gradient accumulation fusion: the weight gradient GEMM accumulates into main_grad ---------
+# megatron's gradient_accumulation_fusion needs apex's CUDA kernel (fused_weight_gradient_mlp_cuda):
+# C += A^T B into the DDP buffer's main_grad, instead of a fresh grad tensor per weight that DDP's
+# hook then adds to main_grad. The CPU kernel is BLAS's own beta=1: addmm_ (measured on the body
+# model of bench/step.py: the separate add and the page faults of the fresh grads were ~4% of a
+# step). Needs every trained linear's weight to have main_grad, i.e. megatron's DDP (elama always
+# wraps in it; megatron-LM has the same requirement).
+
+class _CpuWgradAccumulation(types.ModuleType):
+    """The two functions megatron's linear backward calls, with apex's argument order."""
+
+    def __init__(self):
+        super().__init__("fused_weight_gradient_mlp_cuda")
+
+    @staticmethod
+    def wgrad_gemm_accum_fp32(total_input, grad_output, main_grad):
+        if total_input.dtype == main_grad.dtype:
+            main_grad.addmm_(grad_output.t(), total_input)
+        else:  # bf16 weights, fp32 main_grad: the unfused path's numbers (a bf16 GEMM, then add)
+            main_grad.add_(grad_output.t().mm(total_input))
+
+    wgrad_gemm_accum_fp16 = wgrad_gemm_accum_fp32
+
+
+def _apply_wgrad_accumulation() -> None:
+    layers = importlib.import_module("megatron.core.tensor_parallel.layers")
+    if not layers._grad_accum_fusion_available:  # apex absent (always, on a CPU machine)
+        layers.fused_weight_gradient_mlp_cuda = _CpuWgradAccumulation()
+        layers._grad_accum_fusion_available = True
 
 
 # --- the gradient norm, exact -------------------------------------------------------------------

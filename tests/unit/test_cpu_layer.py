@@ -68,3 +68,22 @@ def test_rng_tracker_forks_a_separate_cpu_stream():
     assert not torch.equal(first, second)  # the forked stream advances
     expected = torch.Generator().manual_seed(123)
     assert torch.equal(torch.cat([first, second]), torch.rand(6, generator=expected))
+
+
+def test_weight_gradient_accumulates_into_main_grad():
+    """gradient_accumulation_fusion on CPU: megatron's linear backward adds the weight gradient
+    into main_grad (DDP's buffer) through the CPU kernel, and gives the same gradients."""
+    from megatron.core.tensor_parallel import layers
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 2, 8, requires_grad=True)
+    w = torch.randn(4, 8, requires_grad=True)
+    w.main_grad, w.grad_added_to_main_grad = torch.full((4, 8), 0.5), False
+    out = layers.LinearWithGradAccumulationAndAsyncCommunication.apply(
+        x, w, None, True, False, False, None, None, None)
+    out.square().sum().backward()
+    ref_x, ref_w = (t.detach().clone().requires_grad_() for t in (x, w))
+    torch.nn.functional.linear(ref_x, ref_w).square().sum().backward()
+    assert w.grad_added_to_main_grad
+    torch.testing.assert_close(w.main_grad, 0.5 + ref_w.grad)
+    torch.testing.assert_close(x.grad, ref_x.grad)

@@ -66,3 +66,7 @@ def test_quick_demo_prints_no_warnings_and_shows_its_outcomes_and_png(tmp_path):
     assert "outcome: done at step 4" in output
     assert "noise, as expected" in output
     assert output.count("invalid config") == 0
+    # everything it wrote is an entry a rerun removes (a missing one made `make demo` fail twice)
+    assert {p.name for p in run_dir.iterdir()} <= set(demo.ENTRIES)
+    demo.prepare_run_dir(run_dir)
+    assert [p.name for p in run_dir.iterdir()] == [demo.MARKER]

@@ -328,9 +328,28 @@ def test_thresholds_are_exact_kth_largest_magnitudes(tmp_path, monkeypatch):
         r.close()
 
 
+def test_all_finite_is_exact_where_a_sum_overflows():
+    from elama.merge_stream import all_finite
+
+    big = torch.full((1000,), 3e38)  # finite, but its sum overflows: the exact test decides
+    assert all_finite(big) and all_finite(big.bfloat16()) and all_finite(torch.arange(5))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        t = torch.zeros(1000, dtype=torch.bfloat16)
+        t[777] = bad
+        assert not all_finite(t) and not all_finite(t.float())
+    assert not all_finite(torch.tensor([float("inf"), -float("inf")]))  # a NaN sum
+
+
+@pytest.mark.parametrize("read_block_bytes", [None, 1000])  # 1000: the NaN's block is not the first
 @pytest.mark.parametrize("method", ["linear", "slerp", "task_arithmetic", "ties"])
-def test_a_nan_in_an_input_is_refused_naming_the_tensor(ckpts, tmp_path, method):
+def test_a_nan_in_an_input_is_refused_naming_the_tensor(ckpts, tmp_path, method, monkeypatch,
+                                                        read_block_bytes):
     from safetensors.torch import load_file, save_file
+
+    import elama.merge_stream as stream
+
+    if read_block_bytes:
+        monkeypatch.setattr(stream, "READ_BLOCK_BYTES", read_block_bytes)
 
     bad = tmp_path / "bad"
     bad.mkdir()

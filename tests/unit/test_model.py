@@ -50,7 +50,10 @@ def test_cpu_translation_uses_local_spec_and_no_fusions():
     kw = llama.transformer_config_kwargs(m, _dims(tp=2), device="cpu")
     assert kw["transformer_impl"] == "local" and kw["use_cpu_initialization"]
     assert not any(kw[k] for k in ("bias_activation_fusion", "apply_rope_fusion",
-                                   "gradient_accumulation_fusion", "masked_softmax_fusion"))
+                                   "masked_softmax_fusion"))
+    assert not kw["gradient_accumulation_fusion"]  # a bare model has no DDP main_grad
+    assert llama.transformer_config_kwargs(m, _dims(tp=2), device="cpu", ddp=True)[
+        "gradient_accumulation_fusion"]  # wrapped: the CPU layer's addmm_ kernel (test_cpu_layer)
     assert kw["gated_linear_unit"] and kw["normalization"] == "RMSNorm"
     assert kw["calculate_per_token_loss"] and kw["num_query_groups"] == 2
     spec = llama.layer_spec(m)

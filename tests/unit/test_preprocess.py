@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +13,9 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 from megatron.core.datasets.utils import Split
 
+from elama.data.indexed import DocumentBuilder, IndexFormatError, read_index
 from elama.data.manifest import ManifestError, read_manifest
 from elama.data.readers import Unit, chunk_offsets, iter_line_blocks, plan_units
-from elama.data.shards import DocumentBuilder
 from elama.data.tokenize import TooManyRejectsError, tokenize_files
 from elama.tokenizer import load_tokenizer
 from tests.unit.preprocess_corpus import write_bad_corpus, write_tricky_corpus
@@ -136,6 +137,8 @@ def test_cli_reports_bad_arguments(tmp_path, capsys):
 
 
 def test_document_builder_matches_megatron_per_document_add(tmp_path):
+    """elama writes the format without importing megatron; megatron's builder is the reference,
+    for batched adds and for concatenation (add_index) alike."""
     docs = [np.array(d, dtype=np.int32) for d in ([1, 2, 3], [128000, 7], [5] * 10, [9])]
     ours = DocumentBuilder(str(tmp_path / "ours.bin"), dtype=np.int32)
     ours.add_documents(b"".join(d.tobytes() for d in docs[:3]), [3, 2, 10])
@@ -145,8 +148,35 @@ def test_document_builder_matches_megatron_per_document_add(tmp_path):
     for d in docs:
         ref.add_document(torch.from_numpy(d), [len(d)])
     ref.finalize(str(tmp_path / "ref.idx"))
+    _assert_same_files(tmp_path / "ours", tmp_path / "ref")
+    both, ref_both = (DocumentBuilder(str(tmp_path / "both.bin")),
+                      IndexedDatasetBuilder(str(tmp_path / "ref_both.bin"), dtype=np.int32))
+    for builder in (both, ref_both):
+        builder.add_index(str(tmp_path / "ref"))
+        builder.add_index(str(tmp_path / "ours"))
+    both.finalize(str(tmp_path / "both.idx"))
+    ref_both.finalize(str(tmp_path / "ref_both.idx"))
+    _assert_same_files(tmp_path / "both", tmp_path / "ref_both")
+    assert [list(d) for d in IndexedDataset(str(tmp_path / "both"))] == [list(d) for d in docs] * 2
+
+
+def _assert_same_files(ours, ref):
     for suffix in (".bin", ".idx"):
-        assert (tmp_path / f"ours{suffix}").read_bytes() == (tmp_path / f"ref{suffix}").read_bytes()
+        assert Path(f"{ours}{suffix}").read_bytes() == Path(f"{ref}{suffix}").read_bytes(), suffix
+
+
+def test_index_reader_names_a_bad_file(tmp_path):
+    bad = tmp_path / "bad.idx"
+    bad.write_bytes(b"NOTANIDX" + bytes(40))
+    with pytest.raises(IndexFormatError, match="bad.idx: not a megatron"):
+        read_index(str(bad))
+    good = tmp_path / "good"
+    builder = DocumentBuilder(str(good) + ".bin")
+    builder.add_documents(np.arange(6, dtype=np.int32).tobytes(), [2, 4])
+    builder.finalize(str(good) + ".idx")
+    (tmp_path / "cut.idx").write_bytes((tmp_path / "good.idx").read_bytes()[:-4])
+    with pytest.raises(IndexFormatError, match="cut.idx: truncated"):
+        read_index(str(tmp_path / "cut.idx"))
 
 
 @pytest.mark.parametrize("taper", [False, True])

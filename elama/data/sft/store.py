@@ -45,19 +45,17 @@ class DatasetWriter:
     """Examples appended in order; `close` writes the index files, the groups and the manifest."""
 
     def __init__(self, prefix: str):
-        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+        from elama.data.indexed import DocumentBuilder
 
         os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
         self.prefix = prefix
-        self.ids = IndexedDatasetBuilder(prefix + ".bin", dtype=np.int32)
-        self.mask = IndexedDatasetBuilder(prefix + ".mask.bin", dtype=np.uint8)
+        self.ids = DocumentBuilder(prefix + ".bin", dtype=np.int32)
+        self.mask = DocumentBuilder(prefix + ".mask.bin", dtype=np.uint8)
         self.groups: list[int] = []
 
     def add(self, ids: list[int], mask: list[int], group: int) -> None:
-        import torch
-
-        self.ids.add_document(torch.tensor(ids, dtype=torch.int32), [len(ids)])
-        self.mask.add_document(torch.tensor(mask, dtype=torch.uint8), [len(mask)])
+        self.ids.add_documents(np.asarray(ids, dtype=np.int32).tobytes(), [len(ids)])
+        self.mask.add_documents(np.asarray(mask, dtype=np.uint8).tobytes(), [len(mask)])
         self.groups.append(group)
 
     def close(self, manifest: dict) -> None:
