@@ -153,10 +153,18 @@ def write_blocks(name: str, readers: Sequence, fn: Callable, out_dtype: torch.dt
                  bufs: dict) -> None:
     """The output pass: fn(base chunk, model chunks) per float32 chunk, written row block by row
     block. Small chunks keep the temporaries in cache: the pass costs about one read of the
-    inputs and one write of the output, not several sweeps over float32 copies."""
-    for r0, shape, ins in blocks(name, readers, bufs):
-        out = scratch(bufs, "out", shape, out_dtype)
-        flat = out.view(-1)
-        for c, chunk in chunks(ins):
-            flat[c:c + chunk[0].numel()].copy_(fn(chunk[0], chunk[1:]))
-        writer.add_rows(name, r0, out)
+    inputs and one write of the output, not several sweeps over float32 copies. A block is
+    written by a second thread while the next is computed (two output buffers); every write of
+    the tensor has finished when this returns, so the writer is never used by two threads."""
+    pending: dict[int, object] = {}
+    with ThreadPoolExecutor(1, thread_name_prefix="merge-write") as pool:
+        for j, (r0, shape, ins) in enumerate(blocks(name, readers, bufs)):
+            if j % 2 in pending:
+                pending.pop(j % 2).result()  # this buffer's previous block is on disk
+            out = scratch(bufs, ("out", j % 2), shape, out_dtype)
+            flat = out.view(-1)
+            for c, chunk in chunks(ins):
+                flat[c:c + chunk[0].numel()].copy_(fn(chunk[0], chunk[1:]))
+            pending[j % 2] = pool.submit(writer.add_rows, name, r0, out)
+        for future in pending.values():
+            future.result()
