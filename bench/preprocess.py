@@ -31,9 +31,9 @@ import time
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-warnings.filterwarnings("ignore")  # megatron-core's import warns about missing GPU libraries
+warnings.filterwarnings("ignore")
 
-from elama.data import tokenize  # noqa: E402  (imports megatron-core: outside every timing)
+from elama.data import tokenize  # noqa: E402  (imports neither torch nor megatron-core)
 from elama.data.backends import build_encoder, rss_bytes  # noqa: E402
 from elama.data.demo_corpus import (iter_ecommerce_records, iter_stdlib_docstrings,  # noqa: E402
                                     render_ecommerce_text)

@@ -19,6 +19,7 @@ INDEX_VERSION = 1
 # megatron's DType enum: the code written for each token dtype
 DTYPE_CODES = {numpy.uint8: 1, numpy.int8: 2, numpy.int16: 3, numpy.int32: 4, numpy.int64: 5,
                numpy.float64: 6, numpy.float32: 7, numpy.uint16: 8}
+_DTYPE_OF_CODE = {code: dtype for dtype, code in DTYPE_CODES.items()}
 
 
 class IndexFormatError(ValueError):
@@ -34,8 +35,7 @@ def read_index(idx_path: str) -> tuple[type, numpy.ndarray, numpy.ndarray]:
         version, code, n_seq, n_doc = struct.unpack("<QBQQ", head[9:])
         if version != INDEX_VERSION:
             raise IndexFormatError(f"{idx_path}: index version {version}, expected 1")
-        codes = {c: t for t, c in DTYPE_CODES.items()}
-        if code not in codes:
+        if code not in _DTYPE_OF_CODE:
             raise IndexFormatError(f"{idx_path}: unknown token dtype code {code}")
         lengths = numpy.fromfile(f, dtype=numpy.int32, count=n_seq)
         f.seek(8 * n_seq, 1)  # the pointers follow from the lengths
@@ -43,7 +43,7 @@ def read_index(idx_path: str) -> tuple[type, numpy.ndarray, numpy.ndarray]:
     if len(lengths) != n_seq or len(documents) != n_doc:
         raise IndexFormatError(f"{idx_path}: truncated ({n_seq} sequences, {n_doc} documents "
                                "in its header)")
-    return codes[code], lengths, documents
+    return _DTYPE_OF_CODE[code], lengths, documents
 
 
 class DocumentBuilder:

@@ -61,8 +61,8 @@ def _run_processes(tasks: list[Task], workers: int, state: tuple, total_bytes: i
                    progress: bool, done) -> None:
     """Worker processes pulling tasks from a queue. Unlike multiprocessing.Pool, a worker that
     dies (out of memory, killed) fails the run instead of hanging it."""
-    # fork: workers inherit the loaded tokenizer and imported megatron-core (spawn re-imports
-    # megatron-core, ~2.5 s per worker, measured); they never touch torch, so forking is safe.
+    # fork: workers inherit the loaded and probed encoder (spawn would load it again: ~3 s per
+    # worker for fastokens, measured); the tokenizer path imports no torch, so forking is safe.
     # They fork before the progress bar starts its monitor thread.
     ctx = multiprocessing.get_context(
         "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
