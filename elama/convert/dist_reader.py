@@ -7,7 +7,9 @@ one process, megatron-core 0.16.1 places the fragments it does not request on ra
 sharded_tensor_to_torch_sharded_tensor), and torch then refuses the ShardedTensor ("Number of
 local shards (1) does not match ..."). So the request is planned here, with torch.distributed.checkpoint's
 own resharding helper, against the same files: only the stored chunks that overlap the request
-are read, whatever tp/pp layout wrote them.
+are read, whatever tp/pp layout wrote them. Each stored chunk that is a plain tensor record is
+copied straight from the memory-mapped file (elama.convert.dist_records); a key with any other
+record is read through torch.distributed.checkpoint's load.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorSt
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, ReadItem
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
+from elama.convert.dist_records import RecordFiles
 from elama.convert.safetensors_file import CheckpointError
 
 SUPPORTED_BACKEND = "torch_dist"
@@ -56,13 +59,17 @@ class _SlicePlanner(LoadPlanner):
         raise CheckpointError(f"{read_item.dest_index.fqn}: not a tensor")
 
     def resolve_tensor(self, read_item: ReadItem) -> torch.Tensor:
-        dest = self.requests[read_item.dest_index.fqn][1]
-        for dim, (start, length) in enumerate(zip(read_item.dest_offsets, read_item.lengths)):
-            dest = dest.narrow(dim, start, length)
-        return dest
+        return _box(self.requests[read_item.dest_index.fqn][1], read_item.dest_offsets,
+                    read_item.lengths)
 
     def commit_tensor(self, read_item: ReadItem, tensor: torch.Tensor) -> None:
         pass  # resolve_tensor handed out a view of dest: the data is already in place
+
+
+def _box(t: torch.Tensor, offsets: Sequence[int], lengths: Sequence[int]) -> torch.Tensor:
+    for dim, (start, length) in enumerate(zip(offsets, lengths)):
+        t = t.narrow(dim, start, length)
+    return t
 
 
 class DistCheckpointReader:
@@ -82,6 +89,8 @@ class DistCheckpointReader:
         # Each read() is a torch.distributed.checkpoint load, which asks for the metadata again.
         self._reader = CachedMetadataFileSystemReader(str(self.path))
         metadata = self._reader.read_metadata()
+        self._storage = metadata.storage_data
+        self._records = RecordFiles(self.path)
         self.tensors: dict[str, TensorStorageMetadata] = {
             k: v for k, v in metadata.state_dict_metadata.items()
             if isinstance(v, TensorStorageMetadata)}
@@ -101,18 +110,45 @@ class DistCheckpointReader:
              dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """{key: (offsets, shape)} -> {key: that region of the global tensor}, freshly allocated
         in the stored dtype (or dtype)."""
-        dests = {}
-        for key, (offsets, shape) in requests.items():
-            stored = self.shape(key)
-            if len(offsets) != len(stored) or len(shape) != len(stored) or any(
-                    o < 0 or o + s > n for o, s, n in zip(offsets, shape, stored)):
-                raise CheckpointError(f"{self.path}: region offsets {list(offsets)} shape "
-                                      f"{list(shape)} is outside {key} {list(stored)}")
-            dests[key] = (tuple(offsets), torch.empty(tuple(shape), dtype=dtype or self.dtype(key)))
-        # no_dist: this process reads alone, whatever process groups exist.
-        dcp_load({k: d for k, (_, d) in dests.items()}, storage_reader=self._reader,
-                 planner=_SlicePlanner(dests), no_dist=True)
+        dests = {k: (offsets, torch.empty(tuple(shape), dtype=dtype or self.dtype(k)))
+                 for k, (offsets, shape) in requests.items()}
+        self.read_into(dests)
         return {k: d for k, (_, d) in dests.items()}
+
+    def read_into(self, requests: Mapping[str, tuple[Sequence[int], torch.Tensor]]) -> None:
+        """{key: (offsets, dest)}: fill each dest (any dtype; cast on copy) with the region of
+        the global tensor at offsets of dest's shape."""
+        for key, (offsets, dest) in requests.items():
+            stored = self.shape(key)
+            if len(offsets) != len(stored) or dest.dim() != len(stored) or any(
+                    o < 0 or o + s > n for o, s, n in zip(offsets, dest.shape, stored)):
+                raise CheckpointError(f"{self.path}: region offsets {list(offsets)} shape "
+                                      f"{list(dest.shape)} is outside {key} {list(stored)}")
+        slow = {}
+        for key, (offsets, dest) in requests.items():
+            chunk = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=dest.shape)
+            items = create_read_items_for_chunk_list(key, self._meta(key), [chunk])
+            layouts = [self._layout(key, item) for item in items]
+            if any(lay is None for lay in layouts):
+                slow[key] = (tuple(offsets), dest)
+                continue
+            for item, lay in zip(items, layouts):
+                self._records.copy_box(lay, item.storage_offsets, item.lengths,
+                                       _box(dest, item.dest_offsets, item.lengths))
+        if slow:  # no_dist: this process reads alone, whatever process groups exist.
+            dcp_load({k: d for k, (_, d) in slow.items()}, storage_reader=self._reader,
+                     planner=_SlicePlanner(slow), no_dist=True)
+
+    def _layout(self, key: str, item: ReadItem):
+        """Where the stored chunk that item reads from lies in its file (None: use torch's
+        reader)."""
+        meta = self._meta(key)
+        offsets = tuple(item.storage_index.offset)
+        sizes = next((tuple(c.sizes) for c in meta.chunks if tuple(c.offsets) == offsets), None)
+        info = self._storage.get(item.storage_index)
+        if sizes is None or info is None:
+            return None
+        return self._records.layout(info, sizes, meta.properties.dtype)
 
     def read_layer(self, keys: Sequence[str], layer: int) -> dict[str, torch.Tensor]:
         """Layer `layer` of each stacked layer tensor in keys (without the layer axis)."""

@@ -1,6 +1,7 @@
 """Writes a megatron-core distributed checkpoint (torch_dist backend) of a whole model in one
-process, tensor by tensor: each chunk is produced only when torch.distributed.checkpoint's writer
-asks for it and dropped once written, so memory stays at one tensor, whatever the model size.
+process, tensor by tensor: each chunk is filled only when torch.distributed.checkpoint's writer
+asks for it, into a buffer reused for every chunk of its size (elama.convert.buffers), so memory
+stays at one tensor of each size, whatever the model size.
 The counterpart of dist_reader. What import needs; the files are those megatron's own save writes
 (.metadata, __0_*.distcp, common.pt, metadata.json), loadable at any tp/pp.
 
@@ -9,14 +10,17 @@ in memory before writing (filesystem_async.py, preload_tensors), i.e. a whole 70
 """
 from __future__ import annotations
 
+import ctypes
 import io
 import math
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint.filesystem import FileSystem
 from torch.distributed.checkpoint import save as dcp_save
 from torch.distributed.checkpoint.default_planner import create_default_global_save_plan
 from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, MetadataIndex,
@@ -24,31 +28,53 @@ from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadat
 from torch.distributed.checkpoint.planner import (SavePlan, SavePlanner, TensorWriteData,
                                                   WriteItem, WriteItemType)
 
+from elama.convert.buffers import BufferPool
+
 BACKEND = ("torch_dist", 1)
 
 
 @dataclass(frozen=True)
 class ChunkWrite:
-    """One region of one global tensor, made on demand by `make` (of shape `sizes`)."""
+    """One region of one global tensor, filled on demand by `fill` (given a tensor of shape
+    `sizes` and `dtype`, it writes every element)."""
 
     key: str
     global_shape: tuple[int, ...]
     offsets: tuple[int, ...]
     sizes: tuple[int, ...]
     dtype: torch.dtype
-    make: Callable[[], torch.Tensor]
+    fill: Callable[[torch.Tensor], None]
 
     @property
     def nbytes(self) -> int:
         return math.prod(self.sizes) * self.dtype.itemsize
 
 
+class _TrackedFileSystem(FileSystem):
+    """torch's local file system, remembering the stream it has open: the planner checks on it
+    that a chunk was written out before its buffer is filled again."""
+
+    stream = None
+
+    @contextmanager
+    def create_stream(self, path, mode):
+        with super().create_stream(path, mode) as stream:
+            self.stream = stream
+            try:
+                yield stream
+            finally:
+                self.stream = None
+
+
 class _LazySavePlanner(SavePlanner):
     """A fixed plan of chunk and byte writes whose data is resolved only when written."""
 
-    def __init__(self, chunks: Sequence[ChunkWrite], objects: dict[str, bytes]):
+    def __init__(self, chunks: Sequence[ChunkWrite], objects: dict[str, bytes],
+                 fs: _TrackedFileSystem):
         self.chunks = {self._index(c): c for c in chunks}
         self.objects = objects
+        self.fs, self.pool = fs, BufferPool()
+        self._handed_out = None  # (stream, its position, bytes) of the last chunk resolved
 
     @staticmethod
     def _index(c: ChunkWrite) -> MetadataIndex:
@@ -76,11 +102,51 @@ class _LazySavePlanner(SavePlanner):
         if write_item.type == WriteItemType.BYTE_IO:
             return io.BytesIO(self.objects[write_item.index.fqn])
         c = self.chunks[MetadataIndex(write_item.index.fqn, write_item.index.offset)]
-        tensor = c.make()
-        if tuple(tensor.shape) != c.sizes or tensor.dtype != c.dtype:
-            raise ValueError(f"{c.key} at {list(c.offsets)}: made {list(tensor.shape)} "
-                             f"{tensor.dtype}, planned {list(c.sizes)} {c.dtype}")
+        self._check_written()
+        tensor = self.pool.take(c.sizes, c.dtype)
+        c.fill(tensor)
+        stream = self.fs.stream
+        self._handed_out = (stream, stream.tell() if stream else 0, c.nbytes)
         return tensor
+
+    def _check_written(self) -> None:
+        """The previous chunk's bytes are in the stream: its buffer may be filled again. (torch
+        resolves and writes one item at a time when nothing is copied ahead; a torch that
+        resolved ahead would otherwise write one chunk's buffer with the next one's data.)"""
+        if self._handed_out is None:
+            return
+        stream, position, nbytes = self._handed_out
+        if stream is None or stream is not self.fs.stream or stream.tell() - position < nbytes:
+            raise RuntimeError("torch.distributed.checkpoint asked for a chunk before writing the "
+                               "previous one; this writer reuses one buffer per chunk size and "
+                               "needs FileSystemWriter(per_thread_copy_ahead=0)")
+        try:
+            fd = stream.fileno()
+        except (AttributeError, io.UnsupportedOperation):
+            return  # not a file: nothing to write back
+        stream.flush()
+        start_writeback(fd, position, stream.tell() - position)
+
+
+def _libc_sync_file_range():
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return None  # not Linux: the final fsync does all the writing back
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return fn
+
+
+_SYNC_FILE_RANGE = _libc_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Start writing a written range back to disk without waiting for it (Linux's
+    sync_file_range), so the fsync at the end of the file waits for the last chunk only, not the
+    whole checkpoint: the disk works while the next chunks are read and written."""
+    if _SYNC_FILE_RANGE is not None and nbytes > 0:
+        _SYNC_FILE_RANGE(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
 
 
 def sharded_object_bytes(obj) -> bytes:
@@ -100,13 +166,17 @@ def write_dist_checkpoint(directory: str | Path, chunks: Sequence[ChunkWrite],
 
     directory = Path(directory)
     directory.mkdir(parents=True)
+    # No copy-ahead: each chunk is resolved only once the previous one is written (on a machine
+    # with a GPU torch would otherwise resolve ahead, into the same buffer).
     writer = FileSystemWriter(str(directory), single_file_per_rank=True, sync_files=True,
-                              thread_count=1)
+                              thread_count=1, per_thread_copy_ahead=0)
+    writer.fs = _TrackedFileSystem()
     # Each tensor is a torch.save record; its zip CRC32 is one more pass over the bytes, which
     # nothing reads back (torch.load does not check it, megatron's loader neither).
     from torch.utils.serialization import config as serialization
 
     with serialization.patch({"save.compute_crc32": False}):
-        dcp_save({}, storage_writer=writer, planner=_LazySavePlanner(chunks, objects), no_dist=True)
+        dcp_save({}, storage_writer=writer, planner=_LazySavePlanner(chunks, objects, writer.fs),
+                 no_dist=True)
     torch.save({}, directory / COMMON_STATE_FNAME)  # the model's state dict has no common part
     save_config(CheckpointingConfig(*BACKEND), directory)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from elama import checkpoint
 from elama.config import ModelConfig
+from elama.convert.buffers import BufferPool
 from elama.convert.dist_reader import DistCheckpointReader
 from elama.convert.hf import (DEFAULT_MAX_SHARD_BYTES, ShardedSafetensorsWriter, check_output_dir,
                               staged_output_dir, write_json)
@@ -82,11 +83,19 @@ def _load_tokenizer(path: str | None, m: ModelConfig):
     return tokenizer
 
 
-def _read_group(reader: DistCheckpointReader, entries: list[TensorEntry]) -> dict[str, torch.Tensor]:
-    """One group's megatron tensors, each read once (a layer's tensors in one request)."""
-    layer = entries[0].layer
-    keys = [e.ckpt_key for e in entries]
-    return reader.read_whole(keys) if layer is None else reader.read_layer(keys, layer)
+def _read_group(reader: DistCheckpointReader, entries: list[TensorEntry],
+                pool: BufferPool) -> dict[str, torch.Tensor]:
+    """One group's megatron tensors, each read once (a layer's in one request), into the pool's
+    buffers: the next group of the same shapes reuses them."""
+    loaded, requests = {}, {}
+    for slot, e in enumerate(entries):
+        dest = loaded[e.ckpt_key] = pool.take(e.shape, reader.dtype(e.ckpt_key), slot)
+        if e.layer is None:
+            requests[e.ckpt_key] = ((0,) * len(e.shape), dest)
+        else:  # row e.layer of the stacked (num_layers, ...) tensor
+            requests[e.ckpt_key] = ((e.layer,) + (0,) * len(e.shape), dest.unsqueeze(0))
+    reader.read_into(requests)
+    return loaded
 
 
 def _write_weights(reader: DistCheckpointReader, table: list[TensorEntry], m: ModelConfig,
@@ -96,15 +105,18 @@ def _write_weights(reader: DistCheckpointReader, table: list[TensorEntry], m: Mo
     writer.plan((name, shape, dtype) for e in table for name, shape in zip(e.hf, e.hf_shapes))
     bar = tqdm(total=sum(e.numel for e in table) * dtype.itemsize, unit="B", unit_scale=True,
                desc="export", disable=not progress)
+    pool = BufferPool()
     try:
         for group, entries in groups(table):
             bar.set_postfix_str(group)
-            loaded = _read_group(reader, entries)
+            loaded = _read_group(reader, entries, pool)
             if merge_lora:
                 merge_into_group(loaded, entries, reader, merge_lora)
             for e in entries:
-                for name, tensor in zip(e.hf, e.transform.to_hf(loaded.pop(e.ckpt_key), m)):
-                    writer.add(name, tensor.to(dtype))
+                # Each HF tensor is written as the row runs the megatron tensor holds it in.
+                tensor = loaded.pop(e.ckpt_key)
+                for p in e.transform.pieces(e.shape[0], m):
+                    writer.add_rows(e.hf[p.part], p.src, tensor[p.dst:p.dst + p.rows].to(dtype))
             bar.update(sum(e.numel for e in entries) * dtype.itemsize)
         return writer.close()
     except BaseException:

@@ -90,7 +90,7 @@ def plan_writes(m: ModelConfig, dtype: torch.dtype, make=None) -> list[ChunkWrit
     return writes
 
 
-def _no_data():
+def _no_data(out):
     raise ConversionError("import plan", ["a dry-run plan has no data to write"])
 
 
@@ -130,18 +130,24 @@ def check_against_megatron(m: ModelConfig, writes: list[ChunkWrite]) -> dict[str
 
 def _maker(reader: HFCheckpointReader, m: ModelConfig, dtype: torch.dtype, progress: tqdm,
            counts: dict):
-    """make(entry, sizes) for plan_writes: read the entry's HF tensors once, transform, cast."""
+    """make(entry, sizes) for plan_writes: fill(out) reads the entry's HF row runs straight into
+    their megatron rows of out (no intermediate tensors), casting through one staging tensor
+    only when the dtype changes."""
     def make(entry: TensorEntry, sizes: tuple[int, ...]):
-        def produce() -> torch.Tensor:
-            parts = [reader.get(name) for name in entry.hf]
-            tensor = entry.transform.to_megatron(parts, m).to(dtype).reshape(sizes)
+        def fill(out: torch.Tensor) -> None:
+            target = out.view(entry.shape)  # without the stacked layer axis
+            source = reader.meta(entry.hf[0]).dtype
+            stage = target if source == dtype else torch.empty(entry.shape, dtype=source)
+            for p in entry.transform.pieces(entry.shape[0], m):
+                reader.read_rows_into(entry.hf[p.part], p.src, stage[p.dst:p.dst + p.rows])
+            if stage is not target:
+                target.copy_(stage)
             nbytes = sum(reader.meta(name).nbytes for name in entry.hf)
             counts["params"] += 1
             counts["bytes"] += nbytes
             progress.set_postfix_str(entry.group, refresh=False)
             progress.update(nbytes)
-            return tensor
-        return produce
+        return fill
     return make
 
 

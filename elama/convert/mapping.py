@@ -36,55 +36,73 @@ class ConversionError(CheckpointError):
                          + "\n  - ".join(self.problems))
 
 
-# ---- transforms: to_megatron(hf tensors, model) -> tensor and to_hf(tensor, model) -> hf tensors
-def _identity_to_megatron(tensors: Sequence[torch.Tensor], m: ModelConfig) -> torch.Tensor:
-    return tensors[0]
+# ---- transforms. Every HF <-> megatron reshuffle here is a permutation of whole rows (dim 0): a
+# megatron tensor is its HF parts' row runs laid side by side. Described as RowPieces, both
+# directions (and the converters' streaming reads and writes) use the same table.
+@dataclass(frozen=True)
+class RowPiece:
+    part: int
+    """Index of the HF tensor among the entry's parts."""
+    src: int
+    """First row in that HF tensor."""
+    rows: int
+    dst: int
+    """First row in the megatron tensor."""
 
 
-def _identity_to_hf(tensor: torch.Tensor, m: ModelConfig) -> tuple[torch.Tensor, ...]:
-    return (tensor,)
+def _identity_rows(total: int, m: ModelConfig) -> tuple[tuple[int, ...], list[RowPiece]]:
+    return (total,), [RowPiece(0, 0, total, 0)]
 
 
-def interleave_qkv(tensors: Sequence[torch.Tensor], m: ModelConfig) -> torch.Tensor:
-    """HF q, k, v projections -> megatron's linear_qkv, whose rows are, per query group g,
-    [q heads of g (heads_per_group * head_dim); k_g (head_dim); v_g (head_dim)]. HF's query head h
-    reads key/value head h // heads_per_group (repeat_kv), so group g owns consecutive q heads."""
-    q, k, v = tensors
-    groups, hidden = m.num_query_groups, q.shape[-1]
-    q = q.reshape(groups, -1, hidden)
-    k, v = k.reshape(groups, -1, hidden), v.reshape(groups, -1, hidden)
-    return torch.cat([q, k, v], dim=1).reshape(-1, hidden)
+def _qkv_rows(total: int, m: ModelConfig) -> tuple[tuple[int, ...], list[RowPiece]]:
+    """megatron's linear_qkv rows are, per query group g, [q heads of g (heads_per_group *
+    head_dim); k_g (head_dim); v_g (head_dim)]. HF's query head h reads key/value head
+    h // heads_per_group (repeat_kv), so group g owns consecutive q heads."""
+    groups, hd = m.num_query_groups, m.head_dim
+    q_rows = total // groups - 2 * hd
+    pieces = []
+    for g in range(groups):
+        base = g * (q_rows + 2 * hd)
+        pieces += [RowPiece(0, g * q_rows, q_rows, base), RowPiece(1, g * hd, hd, base + q_rows),
+                   RowPiece(2, g * hd, hd, base + q_rows + hd)]
+    return (groups * q_rows, groups * hd, groups * hd), pieces
 
 
-def split_qkv(tensor: torch.Tensor, m: ModelConfig) -> tuple[torch.Tensor, ...]:
-    """Inverse of interleave_qkv."""
-    groups, hidden, hd = m.num_query_groups, tensor.shape[-1], m.head_dim
-    per_group = tensor.reshape(groups, -1, hidden)
-    q_rows = per_group.shape[1] - 2 * hd
-    q, k, v = per_group.split([q_rows, hd, hd], dim=1)
-    return q.reshape(-1, hidden), k.reshape(-1, hidden), v.reshape(-1, hidden)
-
-
-def concat_gate_up(tensors: Sequence[torch.Tensor], m: ModelConfig) -> torch.Tensor:
-    """HF gate_proj, up_proj -> megatron's SwiGLU linear_fc1 = [gate; up] (silu(gate) * up)."""
-    return torch.cat(list(tensors), dim=0)
-
-
-def split_gate_up(tensor: torch.Tensor, m: ModelConfig) -> tuple[torch.Tensor, ...]:
-    """Inverse of concat_gate_up."""
-    return tuple(tensor.chunk(2, dim=0))
+def _gate_up_rows(total: int, m: ModelConfig) -> tuple[tuple[int, ...], list[RowPiece]]:
+    """megatron's SwiGLU linear_fc1 = [gate; up] (silu(gate) * up)."""
+    half = total // 2
+    return (half, half), [RowPiece(0, 0, half, 0), RowPiece(1, 0, half, half)]
 
 
 @dataclass(frozen=True)
 class Transform:
     name: str
-    to_megatron: Callable[[Sequence[torch.Tensor], ModelConfig], torch.Tensor]
-    to_hf: Callable[[torch.Tensor, ModelConfig], tuple[torch.Tensor, ...]]
+    layout: Callable[[int, ModelConfig], tuple[tuple[int, ...], list[RowPiece]]]
+    """(megatron rows, model) -> (each HF part's rows, the pieces in megatron row order)."""
+
+    def pieces(self, megatron_rows: int, m: ModelConfig) -> list[RowPiece]:
+        return self.layout(megatron_rows, m)[1]
+
+    def to_megatron(self, tensors: Sequence[torch.Tensor], m: ModelConfig) -> torch.Tensor:
+        """HF parts -> the megatron tensor (freshly allocated)."""
+        total = sum(len(t) for t in tensors)
+        out = torch.empty((total, *tensors[0].shape[1:]), dtype=tensors[0].dtype)
+        for p in self.pieces(total, m):
+            out[p.dst:p.dst + p.rows] = tensors[p.part][p.src:p.src + p.rows]
+        return out
+
+    def to_hf(self, tensor: torch.Tensor, m: ModelConfig) -> tuple[torch.Tensor, ...]:
+        """The megatron tensor -> its HF parts (freshly allocated)."""
+        part_rows, pieces = self.layout(len(tensor), m)
+        parts = tuple(torch.empty((n, *tensor.shape[1:]), dtype=tensor.dtype) for n in part_rows)
+        for p in pieces:
+            parts[p.part][p.src:p.src + p.rows] = tensor[p.dst:p.dst + p.rows]
+        return parts
 
 
-IDENTITY = Transform("identity", _identity_to_megatron, _identity_to_hf)
-QKV = Transform("qkv_interleave_per_group", interleave_qkv, split_qkv)
-GATE_UP = Transform("gate_up_concat", concat_gate_up, split_gate_up)
+IDENTITY = Transform("identity", _identity_rows)
+QKV = Transform("qkv_interleave_per_group", _qkv_rows)
+GATE_UP = Transform("gate_up_concat", _gate_up_rows)
 TRANSFORMS = (IDENTITY, QKV, GATE_UP)
 
 

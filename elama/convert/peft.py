@@ -16,7 +16,7 @@ import torch
 from elama import checkpoint
 from elama.convert.dist_reader import DistCheckpointReader
 from elama.convert.hf import check_output_dir, staged_output_dir, write_json
-from elama.convert.mapping import ConversionError, split_qkv
+from elama.convert.mapping import QKV, ConversionError
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def hf_pairs(target: str, a: torch.Tensor, bs: list[torch.Tensor], m) -> list[tu
                                                                                  torch.Tensor]]:
     """(HF module, lora_A, lora_B) per HF module the megatron adapter stands for."""
     names = TARGET_MODULES[target][1]
-    parts = split_qkv(bs[0], m) if target == "linear_qkv" else bs
+    parts = QKV.to_hf(bs[0], m) if target == "linear_qkv" else bs
     return [(name, a, b) for name, b in zip(names, parts)]
 
 

@@ -98,13 +98,20 @@ def scan_shard(path: Path) -> list[TensorMeta]:
 def pread_rows(fd: int, path: Path, meta: TensorMeta, start: int, out: torch.Tensor) -> torch.Tensor:
     """Read rows from start of the tensor meta (in the file open as fd) into out; return out."""
     check_rows(path, meta, start, out)
-    buf, offset, done = byte_view(out), meta.data_offset + start * meta.row_bytes, 0
+    pread_exact(fd, byte_view(out), meta.data_offset + start * meta.row_bytes,
+                f"{path}: ends inside tensor {meta.name}")
+    return out
+
+
+def pread_exact(fd: int, buf: memoryview, offset: int, short_read: str) -> None:
+    """Fill buf from the file at offset (preadv, straight into buf); a file that ends first is
+    a CheckpointError saying short_read."""
+    done = 0
     while done < len(buf):
         n = os.preadv(fd, [buf[done:]], offset + done)
         if n == 0:
-            raise CheckpointError(f"{path}: ends inside tensor {meta.name}")
+            raise CheckpointError(short_read)
         done += n
-    return out
 
 
 class ShardFile:

@@ -269,12 +269,37 @@ def concat_datasets(sources: list[str], dest: str, *, move: bool) -> None:
         os.replace(sources[0] + ".bin", dest + ".bin")
         os.replace(sources[0] + ".idx", dest + ".idx")
         return
-    builder = DocumentBuilder(_tmp(dest + ".bin"), dtype=numpy.int32)
-    for source in sources:
-        builder.add_index(source)
-    builder.finalize(_tmp(dest + ".idx"))
-    os.replace(_tmp(dest + ".bin"), dest + ".bin")
-    os.replace(_tmp(dest + ".idx"), dest + ".idx")
+    assembler = Assembler(sources, dest)
+    assembler.advance([True] * len(sources))
+    assembler.commit()
+
+
+class Assembler:
+    """dest.bin/.idx built from sources in order, each appended as soon as it and every source
+    before it exist: a shard's parts join while later parts are still being tokenized, so
+    little concatenation is left when the last part arrives. Written under temporary names and
+    renamed by commit(); a run killed before that leaves only temporaries (removed on rerun)."""
+
+    def __init__(self, sources: list[str], dest: str):
+        self.sources, self.dest = sources, dest
+        self.builder: DocumentBuilder | None = None
+        self.appended = 0
+
+    def advance(self, ready: list) -> None:
+        """Append the sources ready[k] says are complete, up to the first that is not."""
+        while self.appended < len(self.sources) and ready[self.appended]:
+            if self.builder is None:
+                self.builder = DocumentBuilder(_tmp(self.dest + ".bin"), dtype=numpy.int32)
+            self.builder.add_index(self.sources[self.appended])
+            self.appended += 1
+
+    def commit(self) -> None:
+        if self.appended != len(self.sources):
+            raise RuntimeError(f"{self.dest}: {len(self.sources) - self.appended} source(s) not "
+                               "yet appended")
+        self.builder.finalize(_tmp(self.dest + ".idx"))
+        os.replace(_tmp(self.dest + ".bin"), self.dest + ".bin")
+        os.replace(_tmp(self.dest + ".idx"), self.dest + ".idx")
 
 
 def concat_rejects(sources: list[str], line_offsets: list[int], dest: str) -> None:
@@ -291,14 +316,20 @@ def concat_rejects(sources: list[str], line_offsets: list[int], dest: str) -> No
     os.replace(_tmp(dest + ".rejects.jsonl"), dest + ".rejects.jsonl")
 
 
-def assemble_shard(part_prefixes: list[str], parts: list[dict], shard: str, manifest: dict) -> None:
-    """Parts (in unit order) -> the shard; its manifest is written last, then the parts go."""
+def assemble_shard(part_prefixes: list[str], parts: list[dict], shard: str, manifest: dict,
+                   assembler: Assembler | None = None) -> None:
+    """Parts (in unit order) -> the shard; its manifest is written last, then the parts go.
+    assembler: one that has been appending these parts as they came (else they are joined now)."""
     offsets, line = [], 0
     for part in parts:
         offsets.append(line)
         line += part["lines"]
     concat_rejects(part_prefixes, offsets, shard)
-    concat_datasets(part_prefixes, shard, move=True)
+    if assembler is not None:
+        assembler.advance(parts)
+        assembler.commit()
+    else:
+        concat_datasets(part_prefixes, shard, move=True)
     write_json_atomic(manifest_path(shard), pin_dataset(manifest, shard))
     for prefix in part_prefixes:
         _remove([prefix + ".bin", prefix + ".idx", prefix + ".rejects.jsonl", prefix + ".json"])

@@ -22,8 +22,8 @@ from elama.data.backends import DEFAULT_BACKEND, backend_record, build_encoder, 
 from elama.data.manifest import (TOKEN_DTYPE, build_manifest, load_json, manifest_path,
                                  pin_dataset, read_manifest, sum_counts, write_json_atomic)
 from elama.data.readers import Unit, expand_inputs, input_format, plan_units
-from elama.data.shards import (TextSpec, assemble_shard, concat_datasets, concat_rejects,
-                               dataset_files, load_part)
+from elama.data.shards import (Assembler, TextSpec, assemble_shard, concat_datasets,
+                               concat_rejects, dataset_files, load_part)
 from elama.data.workers import Task, run_tasks
 from elama.tokenizer import Llama3Tokenizer, load_tokenizer
 
@@ -48,6 +48,8 @@ class _Shard:
     units: list[Unit] = field(default_factory=list)
     parts: list[dict | None] = field(default_factory=list)
     manifest: dict | None = None
+    assembler: Assembler | None = None
+    """Appends parts to the shard as they complete in order (shards of several parts)."""
 
     def part_prefix(self, k: int) -> str:
         return f"{self.prefix}.part{k:05d}"
@@ -237,8 +239,8 @@ def _maybe_assemble(shard: _Shard, settings: dict) -> None:
     entry = {**shard.fingerprint, **sum_counts(shard.parts)}
     manifest = build_manifest("shard", shard.prefix, settings, [entry])
     assemble_shard([shard.part_prefix(k) for k in range(len(shard.units))], shard.parts,
-                   shard.prefix, manifest)
-    shard.manifest = manifest
+                   shard.prefix, manifest, shard.assembler)
+    shard.manifest, shard.assembler = manifest, None
 
 
 # ---- running -------------------------------------------------------------------------------
@@ -252,8 +254,14 @@ def _run(shards: list[_Shard], tokenizer, spec, settings, workers: int, progress
              for k, u in enumerate(s.units) if s.parts[k] is None]
 
     def done(key: tuple[int, int], part: dict) -> None:
-        shards[key[0]].parts[key[1]] = part
-        _maybe_assemble(shards[key[0]], settings)
+        shard = shards[key[0]]
+        shard.parts[key[1]] = part
+        if len(shard.units) > 1:  # one part is renamed into place instead
+            if shard.assembler is None:
+                shard.assembler = Assembler([shard.part_prefix(k) for k in range(len(shard.units))],
+                                            shard.prefix)
+            shard.assembler.advance(shard.parts)
+        _maybe_assemble(shard, settings)
 
     if tasks:  # loaded (and probed against tiktoken) only when there is work; workers inherit it
         run_tasks(tasks, workers, (build_encoder(tokenizer, backend), spec, settings), progress,
