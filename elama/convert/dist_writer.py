@@ -102,17 +102,18 @@ class _LazySavePlanner(SavePlanner):
         if write_item.type == WriteItemType.BYTE_IO:
             return io.BytesIO(self.objects[write_item.index.fqn])
         c = self.chunks[MetadataIndex(write_item.index.fqn, write_item.index.offset)]
-        self._check_written()
+        self._release_previous()
         tensor = self.pool.take(c.sizes, c.dtype)
         c.fill(tensor)
         stream = self.fs.stream
         self._handed_out = (stream, stream.tell() if stream else 0, c.nbytes)
         return tensor
 
-    def _check_written(self) -> None:
-        """The previous chunk's bytes are in the stream: its buffer may be filled again. (torch
-        resolves and writes one item at a time when nothing is copied ahead; a torch that
-        resolved ahead would otherwise write one chunk's buffer with the next one's data.)"""
+    def _release_previous(self) -> None:
+        """Check that the previous chunk's bytes are in the stream, so its buffer may be filled
+        again, and start writing them back to disk. (torch resolves and writes one item at a time
+        when nothing is copied ahead; a torch that resolved ahead would otherwise write one
+        chunk's buffer with the next one's data.)"""
         if self._handed_out is None:
             return
         stream, position, nbytes = self._handed_out

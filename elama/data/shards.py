@@ -265,11 +265,7 @@ def load_part(prefix: str, unit: Unit, settings: dict, fingerprint: dict) -> dic
 
 def concat_datasets(sources: list[str], dest: str, *, move: bool) -> None:
     """dest.bin/.idx = sources in order (renamed if one and `move`, else appended)."""
-    if len(sources) == 1 and move:
-        os.replace(sources[0] + ".bin", dest + ".bin")
-        os.replace(sources[0] + ".idx", dest + ".idx")
-        return
-    assembler = Assembler(sources, dest)
+    assembler = Assembler(sources, dest, move=move)
     assembler.advance([True] * len(sources))
     assembler.commit()
 
@@ -278,22 +274,28 @@ class Assembler:
     """dest.bin/.idx built from sources in order, each appended as soon as it and every source
     before it exist: a shard's parts join while later parts are still being tokenized, so
     little concatenation is left when the last part arrives. Written under temporary names and
-    renamed by commit(); a run killed before that leaves only temporaries (removed on rerun)."""
+    renamed by commit(); a run killed before that leaves only temporaries (removed on rerun).
+    A single source with `move` is renamed into place by commit() instead of copied."""
 
-    def __init__(self, sources: list[str], dest: str):
+    def __init__(self, sources: list[str], dest: str, *, move: bool = False):
         self.sources, self.dest = sources, dest
+        self.rename = move and len(sources) == 1
         self.builder: DocumentBuilder | None = None
         self.appended = 0
 
     def advance(self, ready: list) -> None:
         """Append the sources ready[k] says are complete, up to the first that is not."""
-        while self.appended < len(self.sources) and ready[self.appended]:
+        while not self.rename and self.appended < len(self.sources) and ready[self.appended]:
             if self.builder is None:
                 self.builder = DocumentBuilder(_tmp(self.dest + ".bin"), dtype=numpy.int32)
             self.builder.add_index(self.sources[self.appended])
             self.appended += 1
 
     def commit(self) -> None:
+        if self.rename:
+            os.replace(self.sources[0] + ".bin", self.dest + ".bin")
+            os.replace(self.sources[0] + ".idx", self.dest + ".idx")
+            return
         if self.appended != len(self.sources):
             raise RuntimeError(f"{self.dest}: {len(self.sources) - self.appended} source(s) not "
                                "yet appended")
@@ -316,20 +318,18 @@ def concat_rejects(sources: list[str], line_offsets: list[int], dest: str) -> No
     os.replace(_tmp(dest + ".rejects.jsonl"), dest + ".rejects.jsonl")
 
 
-def assemble_shard(part_prefixes: list[str], parts: list[dict], shard: str, manifest: dict,
-                   assembler: Assembler | None = None) -> None:
-    """Parts (in unit order) -> the shard; its manifest is written last, then the parts go.
-    assembler: one that has been appending these parts as they came (else they are joined now)."""
+def assemble_shard(assembler: Assembler, parts: list[dict], manifest: dict) -> None:
+    """Parts (in unit order, every one committed) -> the shard assembler.dest, the parts' data
+    joined by the assembler that has been appending them; its manifest is written last, then the
+    parts go."""
     offsets, line = [], 0
     for part in parts:
         offsets.append(line)
         line += part["lines"]
-    concat_rejects(part_prefixes, offsets, shard)
-    if assembler is not None:
-        assembler.advance(parts)
-        assembler.commit()
-    else:
-        concat_datasets(part_prefixes, shard, move=True)
+    shard = assembler.dest
+    concat_rejects(assembler.sources, offsets, shard)
+    assembler.advance(parts)
+    assembler.commit()
     write_json_atomic(manifest_path(shard), pin_dataset(manifest, shard))
-    for prefix in part_prefixes:
+    for prefix in assembler.sources:
         _remove([prefix + ".bin", prefix + ".idx", prefix + ".rejects.jsonl", prefix + ".json"])

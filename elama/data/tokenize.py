@@ -49,7 +49,7 @@ class _Shard:
     parts: list[dict | None] = field(default_factory=list)
     manifest: dict | None = None
     assembler: Assembler | None = None
-    """Appends parts to the shard as they complete in order (shards of several parts)."""
+    """Appends the shard's parts to it as they complete in order."""
 
     def part_prefix(self, k: int) -> str:
         return f"{self.prefix}.part{k:05d}"
@@ -234,12 +234,18 @@ def _plan_shard(index: int, path: str, fingerprint: dict, output_prefix: str, se
 
 
 def _maybe_assemble(shard: _Shard, settings: dict) -> None:
-    if shard.manifest is not None or any(p is None for p in shard.parts):
+    """Append the parts committed so far (in order) and, once all are, commit the shard."""
+    if shard.manifest is not None:
+        return
+    if shard.assembler is None:
+        shard.assembler = Assembler([shard.part_prefix(k) for k in range(len(shard.units))],
+                                    shard.prefix, move=True)
+    shard.assembler.advance(shard.parts)
+    if any(p is None for p in shard.parts):
         return
     entry = {**shard.fingerprint, **sum_counts(shard.parts)}
     manifest = build_manifest("shard", shard.prefix, settings, [entry])
-    assemble_shard([shard.part_prefix(k) for k in range(len(shard.units))], shard.parts,
-                   shard.prefix, manifest, shard.assembler)
+    assemble_shard(shard.assembler, shard.parts, manifest)
     shard.manifest, shard.assembler = manifest, None
 
 
@@ -247,21 +253,15 @@ def _maybe_assemble(shard: _Shard, settings: dict) -> None:
 def _run(shards: list[_Shard], tokenizer, spec, settings, workers: int, progress: bool,
          backend: str) -> None:
     for shard in shards:
-        _maybe_assemble(shard, settings)  # every part was committed before a kill
+        _maybe_assemble(shard, settings)  # joins the parts a killed run committed
     tasks = [Task((i, k), u, s.part_prefix(k), s.fingerprint,
                   u.end - u.start if u.fmt == "jsonl" else s.fingerprint["bytes"] // len(s.units))
              for i, s in enumerate(shards) if s.manifest is None
              for k, u in enumerate(s.units) if s.parts[k] is None]
 
     def done(key: tuple[int, int], part: dict) -> None:
-        shard = shards[key[0]]
-        shard.parts[key[1]] = part
-        if len(shard.units) > 1:  # one part is renamed into place instead
-            if shard.assembler is None:
-                shard.assembler = Assembler([shard.part_prefix(k) for k in range(len(shard.units))],
-                                            shard.prefix)
-            shard.assembler.advance(shard.parts)
-        _maybe_assemble(shard, settings)
+        shards[key[0]].parts[key[1]] = part
+        _maybe_assemble(shards[key[0]], settings)
 
     if tasks:  # loaded (and probed against tiktoken) only when there is work; workers inherit it
         run_tasks(tasks, workers, (build_encoder(tokenizer, backend), spec, settings), progress,
