@@ -260,19 +260,20 @@ def write_merged_tensor(name: str, base: HFCheckpointReader, models: Sequence[HF
 
 
 def _block_kernel(name: str, base, models, spec: MergeSpec, bufs: dict) -> Kernel:
+    """The in-place chunk kernel (elama.merge_stream) equal to this tensor's whole-tensor one."""
     alpha = spec.alpha_for(name)
+    weights = spec.model_weights(len(models))
     if spec.method == "slerp" and alpha not in (0.0, 1.0):
         dots = merge_stream.slerp_dots(name, (base, *models), bufs)
         coefficients = slerp_coefficients(*dots, alpha, spec.slerp_colinear_eps)
         if coefficients is not None:
-            s0, s1 = coefficients
-            return lambda b, ms: b.mul(s0).add_(ms[0], alpha=s1)
+            return merge_stream.weighted_kernel(*coefficients)
+    elif spec.method == "task_arithmetic":
+        return merge_stream.task_arithmetic_kernel(weights, alpha)
     elif spec.method == "ties":
         thresholds = merge_stream.ties_thresholds(name, (base, *models), bufs, spec.density)
-        return merge_stream.ties_kernel(thresholds, spec.model_weights(len(models)), alpha)
-    elif spec.method != "slerp":
-        return _kernel(spec, alpha, len(models))
-    return lambda b, ms: merge_linear(b, ms[0], alpha)  # exact endpoints, or a colinear pair
+        return merge_stream.ties_kernel(thresholds, weights, alpha, bufs)
+    return merge_stream.linear_kernel(alpha)  # linear, SLERP's exact endpoints or a colinear pair
 
 
 def _checked(name: str, readers: Sequence, merged: torch.Tensor) -> torch.Tensor:
@@ -347,7 +348,7 @@ def _merge_opened(base: HFCheckpointReader, models: Sequence[HFCheckpointReader]
         # Planned: every output shape is known now, so blocks go straight to disk.
         writer.plan((n, base.meta(n).shape, output_dtype(base.meta(n), spec)) for n in base.names())
         bufs: dict = {}
-        with writer, bar:
+        with writer, bar, merge_stream.compute_threads():
             for name in base.names():
                 write_merged_tensor(name, base, models, spec, writer, bufs)
                 bar.update(base.meta(name).nbytes)

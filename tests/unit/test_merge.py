@@ -218,15 +218,15 @@ def test_existing_output_needs_force_and_failures_leave_nothing(ckpts, tmp_path,
     _merge(ckpts, out, alpha=0.0)
     with pytest.raises(CheckpointError, match="output directory exists; pass --force"):
         _merge(ckpts, out, alpha=1.0)
-    calls = []
+    calls, add_rows = [], ShardedSafetensorsWriter.add_rows
 
-    def failing(*args):
+    def failing(*args):  # the fourth block write fails, on the merge's writer thread
         calls.append(1)
         if len(calls) > 3:
             raise RuntimeError("disk full")
-        return merge_linear(*args)
+        return add_rows(*args)
 
-    monkeypatch.setattr(merge, "merge_linear", failing)
+    monkeypatch.setattr(ShardedSafetensorsWriter, "add_rows", failing)
     with pytest.raises(RuntimeError, match="disk full"):
         merge_checkpoints(ckpts["base"], [ckpts["adapted"]], out, MergeSpec("linear", 1.0),
                           force=True, max_shard_bytes=60_000, progress=False)
