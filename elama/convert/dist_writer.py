@@ -14,6 +14,7 @@ import ctypes
 import io
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,13 @@ class _LazySavePlanner(SavePlanner):
         self.objects = objects
         self.fs, self.pool = fs, BufferPool()
         self._handed_out = None  # (stream, its position, bytes) of the last chunk resolved
+        # torch resolves one file's chunks in plan order (one file, one thread), so the next one
+        # is filled on a second thread while this one is written: reads overlap writes. Two
+        # buffer slots alternate by position; a chunk asked for out of order is filled in place.
+        self._position = {index: i for i, index in enumerate(self.chunks)}
+        self._order = list(self.chunks)
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="import-read")
+        self._ahead = None  # (index, future of its filled tensor)
 
     @staticmethod
     def _index(c: ChunkWrite) -> MetadataIndex:
@@ -101,13 +109,46 @@ class _LazySavePlanner(SavePlanner):
     def resolve_data(self, write_item: WriteItem):
         if write_item.type == WriteItemType.BYTE_IO:
             return io.BytesIO(self.objects[write_item.index.fqn])
-        c = self.chunks[MetadataIndex(write_item.index.fqn, write_item.index.offset)]
+        index = MetadataIndex(write_item.index.fqn, write_item.index.offset)
         self._release_previous()
-        tensor = self.pool.take(c.sizes, c.dtype)
-        c.fill(tensor)
+        tensor = self._filled(index)
+        self._fill_ahead(self._position[index] + 1)
         stream = self.fs.stream
-        self._handed_out = (stream, stream.tell() if stream else 0, c.nbytes)
+        self._handed_out = (stream, stream.tell() if stream else 0, self.chunks[index].nbytes)
         return tensor
+
+    def _buffer(self, index: MetadataIndex) -> torch.Tensor:
+        c = self.chunks[index]
+        return self.pool.take(c.sizes, c.dtype, slot=self._position[index] % 2)
+
+    def _filled(self, index: MetadataIndex) -> torch.Tensor:
+        """The chunk's tensor: the one filled ahead, or filled now (after any fill in flight, so
+        two fills never run at once)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            tensor = ahead[1].result()  # a failed fill raises here
+            if ahead[0] == index:
+                return tensor
+        tensor = self._buffer(index)
+        self.chunks[index].fill(tensor)
+        return tensor
+
+    def _fill_ahead(self, position: int) -> None:
+        """Fill the chunk at `position` on the reader thread, in the slot that the chunk before
+        the one just handed out used (written already: _release_previous checked it)."""
+        if position < len(self._order):
+            index = self._order[position]
+            tensor = self._buffer(index)
+            fill = self.chunks[index].fill
+
+            def filled() -> torch.Tensor:
+                fill(tensor)
+                return tensor
+            self._ahead = (index, self._reader.submit(filled))
+
+    def close(self) -> None:
+        """Wait for a fill in flight (after a failure, the chunk nobody asked for)."""
+        self._reader.shutdown(wait=True)
 
     def _release_previous(self) -> None:
         """Check that the previous chunk's bytes are in the stream, so its buffer may be filled
@@ -176,8 +217,11 @@ def write_dist_checkpoint(directory: str | Path, chunks: Sequence[ChunkWrite],
     # nothing reads back (torch.load does not check it, megatron's loader neither).
     from torch.utils.serialization import config as serialization
 
-    with serialization.patch({"save.compute_crc32": False}):
-        dcp_save({}, storage_writer=writer, planner=_LazySavePlanner(chunks, objects, writer.fs),
-                 no_dist=True)
+    planner = _LazySavePlanner(chunks, objects, writer.fs)
+    try:
+        with serialization.patch({"save.compute_crc32": False}):
+            dcp_save({}, storage_writer=writer, planner=planner, no_dist=True)
+    finally:
+        planner.close()
     torch.save({}, directory / COMMON_STATE_FNAME)  # the model's state dict has no common part
     save_config(CheckpointingConfig(*BACKEND), directory)

@@ -97,3 +97,32 @@ def test_import_writer_refuses_to_refill_a_buffer_not_yet_written():
     planner.resolve_data(items["b"])
     with pytest.raises(RuntimeError, match="before writing the previous one"):
         planner.resolve_data(items["a"])
+
+
+def test_import_writer_fills_the_next_chunk_ahead_and_any_order_still_gets_its_own_data():
+    from torch.distributed.checkpoint.metadata import MetadataIndex
+    from torch.distributed.checkpoint.planner import WriteItem, WriteItemType
+
+    filled = []
+
+    def fill_with(value):
+        return lambda out: (filled.append(value), out.fill_(value))
+
+    chunks = [ChunkWrite(k, (2, 4), (0, 0), (2, 4), torch.float32, fill_with(v))
+              for k, v in (("a", 1), ("b", 2), ("c", 3))]
+    fs = _TrackedFileSystem()
+    planner = _LazySavePlanner(chunks, {}, fs)
+    items = {c.key: WriteItem(index=MetadataIndex(c.key, torch.Size(c.offsets)),
+                              type=WriteItemType.SHARD) for c in chunks}
+    fs.stream = io.BytesIO()
+    try:
+        for key, value in (("a", 1), ("b", 2), ("c", 3), ("a", 1), ("b", 2)):
+            tensor = planner.resolve_data(items[key])
+            assert torch.equal(tensor, torch.full((2, 4), float(value))), key
+            torch.save(tensor, fs.stream)
+    finally:
+        planner.close()
+    # in plan order each next chunk is filled ahead (b after a, c after b); the second a is out of
+    # order, filled when asked for (in c's slot-0 buffer, written by then); b after it was filled
+    # ahead, and so was c after b, though nobody asks for it (close() waits for that fill)
+    assert filled == [1, 2, 3, 1, 2, 3]
