@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import io
 import math
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -82,6 +83,9 @@ class _LazySavePlanner(SavePlanner):
         self._position = {index: i for i, index in enumerate(self.chunks)}
         self._order = list(self.chunks)
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="import-read")
+        # sync_file_range blocks while the disk's queue is full: on its own thread it does not
+        # hold up the next write
+        self._writeback = ThreadPoolExecutor(1, thread_name_prefix="import-writeback")
         self._ahead = None  # (index, future of its filled tensor)
 
     @staticmethod
@@ -149,6 +153,7 @@ class _LazySavePlanner(SavePlanner):
     def close(self) -> None:
         """Wait for a fill in flight (after a failure, the chunk nobody asked for)."""
         self._reader.shutdown(wait=True)
+        self._writeback.shutdown(wait=True)
 
     def _release_previous(self) -> None:
         """Check that the previous chunk's bytes are in the stream, so its buffer may be filled
@@ -167,7 +172,8 @@ class _LazySavePlanner(SavePlanner):
         except (AttributeError, io.UnsupportedOperation):
             return  # not a file: nothing to write back
         stream.flush()
-        start_writeback(fd, position, stream.tell() - position)
+        # on a duplicate of the descriptor, which stays valid if torch closes the file first
+        self._writeback.submit(_writeback_and_close, os.dup(fd), position, stream.tell() - position)
 
 
 def _libc_sync_file_range():
@@ -181,6 +187,13 @@ def _libc_sync_file_range():
 
 _SYNC_FILE_RANGE = _libc_sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2
+
+
+def _writeback_and_close(fd: int, offset: int, nbytes: int) -> None:
+    try:
+        start_writeback(fd, offset, nbytes)
+    finally:
+        os.close(fd)
 
 
 def start_writeback(fd: int, offset: int, nbytes: int) -> None:
