@@ -1,6 +1,7 @@
-"""The streamed merge's in-place chunk kernels against the whole-tensor kernels of elama.merge:
-bitwise equal (signed zeros included) on inputs built to hit the edge cases, in chunks that do
-not divide the tensor."""
+"""The streamed merge's parts against their references: the in-place chunk kernels against the
+whole-tensor kernels of elama.merge, bitwise (signed zeros included) on inputs built to hit the
+edge cases, in chunks that do not divide the tensor; TIES thresholds against kthvalue; SLERP's
+dot products against float64 dots; the compute thread cap."""
 from __future__ import annotations
 
 import math
@@ -71,9 +72,36 @@ def test_compute_threads_leave_cpus_to_the_io_threads_and_restore():
     assert torch.get_num_threads() == before
 
 
+def _one_tensor_checkpoints(tmp_path, tensors: dict) -> list:
+    """A reader of a checkpoint holding one tensor "w", per (name, tensor)."""
+    from elama.convert.hf import HFCheckpointReader, ShardedSafetensorsWriter
+
+    readers = []
+    for name, t in tensors.items():
+        with ShardedSafetensorsWriter(tmp_path / name, 10**9) as w:
+            w.add("w", t)
+        (tmp_path / name / "config.json").write_text("{}")
+        readers.append(HFCheckpointReader(tmp_path / name))
+    return readers
+
+
+def test_thresholds_are_exact_kth_largest_magnitudes(tmp_path, monkeypatch):
+    monkeypatch.setattr(stream, "READ_BLOCK_BYTES", 512)
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(64, 33, generator=g)
+    model = base + torch.randn(64, 33, generator=g) * torch.rand(64, 33, generator=g)
+    model[5, :7] = base[5, :7] + 0.25  # repeated magnitudes at the threshold are kept
+    readers = _one_tensor_checkpoints(tmp_path, {"base": base, "model": model})
+    for density in (0.01, 0.1, 0.5, 0.9):
+        k = math.ceil(density * base.numel())
+        want = (model - base).abs().reshape(-1).kthvalue(base.numel() - k + 1).values.item()
+        assert stream.ties_thresholds("w", readers, {}, density) == [want]
+    for r in readers:
+        r.close()
+
+
 def test_slerp_dots_match_float64_dots(tmp_path, monkeypatch):
     """Chunks of 2048 (batched float32 pieces) and a last chunk of 100 (float64), several blocks."""
-    from elama.convert.hf import HFCheckpointReader, ShardedSafetensorsWriter
     from elama.merge import _dot64
 
     monkeypatch.setattr(stream, "COMPUTE_CHUNK_ELEMS", 2048)
@@ -81,12 +109,7 @@ def test_slerp_dots_match_float64_dots(tmp_path, monkeypatch):
     g = torch.Generator().manual_seed(0)
     base = torch.randn(3 * 2048 + 100, generator=g).view(-1, 4)
     model = 0.9 * base + 0.3 * torch.randn(base.shape, generator=g)
-    readers = []
-    for name, t in (("base", base), ("model", model)):
-        with ShardedSafetensorsWriter(tmp_path / name, 10**9) as w:
-            w.add("w", t)
-        (tmp_path / name / "config.json").write_text("{}")
-        readers.append(HFCheckpointReader(tmp_path / name))
+    readers = _one_tensor_checkpoints(tmp_path, {"base": base, "model": model})
     got = stream.slerp_dots("w", readers, {})
     want = (_dot64(base, base), _dot64(model, model), _dot64(base, model))
     assert got == pytest.approx(want, rel=1e-6) and got[2] != pytest.approx(got[0], rel=1e-3)
