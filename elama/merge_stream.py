@@ -188,15 +188,16 @@ def task_arithmetic_kernel(weights: Sequence[float], alpha: float) -> Callable:
 
 def ties_kernel(thresholds: Sequence, weights: Sequence[float], alpha: float, bufs: dict) -> Callable:
     """merge_ties on a chunk, its masks rewritten as equal float32 operations (a boolean mask or
-    masked_fill costs 5-10x an arithmetic sweep here):
+    masked_fill costs 5-15x an arithmetic sweep here):
     - trim: hardshrink(tau, the float32 below the threshold) keeps |tau| >= threshold, else +0;
     - an entry agrees with the elected sign s (-1, 0 or 1) iff tau*s > 0 (nonzero, same sign;
       none agrees where s is 0), a 1.0/0.0 mask;
     - sums over the models run in order from +0, as torch's sum over dim 0 does, so signed
       zeros come out the same; the agreeing count is a float32 sum of 1.0s (exact small
       integers, the float32 the reference's integer count is divided as)."""
-    shrink = [None if t is None or t == 0.0 else float(torch.tensor(t).nextafter(torch.tensor(0.0)))
-              for t in thresholds]
+    f32 = dict(dtype=torch.float32)  # the float32 neighbour, whatever torch's default dtype
+    shrink = [None if t is None or t == 0.0 else
+              float(torch.tensor(t, **f32).nextafter(torch.tensor(0.0, **f32))) for t in thresholds]
 
     def over_models(rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         torch.add(rows[0], 0.0, out=out)  # +0 + x: -0 becomes +0, as in torch's sum
