@@ -207,7 +207,15 @@ def merge_ties(base: torch.Tensor, models: Sequence[torch.Tensor], weights: Sequ
     each entry's sign as the sign of the summed trimmed vectors (the heavier side), average only
     the nonzero values agreeing with it, add alpha times that to the base."""
     taus = torch.stack([w * trim_to_density(m - base, density) for m, w in zip(models, weights)])
-    return merge_stream.ties_combine(base, taus, alpha)
+    return ties_combine(base, taus, alpha)
+
+
+def ties_combine(base: torch.Tensor, taus: torch.Tensor, alpha: float) -> torch.Tensor:
+    """base + alpha * the disjoint mean of the weighted, trimmed task vectors (stacked)."""
+    sign = taus.sum(dim=0).sign()
+    agree = (taus.sign() == sign) & (taus != 0)
+    merged = (taus * agree).sum(dim=0) / agree.sum(dim=0).clamp(min=1)
+    return base + alpha * merged
 
 
 Kernel = Callable[[torch.Tensor, Sequence[torch.Tensor]], torch.Tensor]

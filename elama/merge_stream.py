@@ -105,7 +105,8 @@ def slerp_dots(name: str, readers: Sequence, bufs: dict) -> tuple[float, float, 
         for _, pair in chunks(ins, bufs):
             size = pair.shape[1]
             if size % _DOT_BLOCK:  # a chunk that does not divide into pieces: in float64
-                acc += pair.double() @ pair.double().T
+                wide = pair.double()
+                acc += wide @ wide.T
                 continue
             pieces = pair.view(2, size // _DOT_BLOCK, _DOT_BLOCK).transpose(0, 1)
             acc += torch.bmm(pieces, pieces.transpose(1, 2)).sum(0, dtype=torch.float64)
@@ -151,14 +152,6 @@ def _bin_of_kth_largest(hist: torch.Tensor, k: int) -> tuple[int, int]:
     above = torch.flip(torch.cumsum(torch.flip(hist, [0]), 0), [0])  # count in bins >= i
     b = int(torch.nonzero(above >= k).max())
     return b, k - (int(above[b + 1]) if b + 1 < _BINS else 0)
-
-
-def ties_combine(base: torch.Tensor, taus: torch.Tensor, alpha: float) -> torch.Tensor:
-    """base + alpha * the disjoint mean of the weighted, trimmed task vectors (stacked)."""
-    sign = taus.sum(dim=0).sign()
-    agree = (taus.sign() == sign) & (taus != 0)
-    merged = (taus * agree).sum(dim=0) / agree.sum(dim=0).clamp(min=1)
-    return base + alpha * merged
 
 
 # Block kernels: fn(base, models) on float32 chunk copies that they may overwrite, returning the

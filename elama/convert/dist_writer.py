@@ -79,7 +79,7 @@ class _LazySavePlanner(SavePlanner):
         self._handed_out = None  # (stream, its position, bytes) of the last chunk resolved
         # torch resolves one file's chunks in plan order (one file, one thread), so the next one
         # is filled on a second thread while this one is written: reads overlap writes. Two
-        # buffer slots alternate by position; a chunk asked for out of order is filled in place.
+        # buffer slots alternate by position; a chunk asked for out of order is filled when asked.
         self._position = {index: i for i, index in enumerate(self.chunks)}
         self._order = list(self.chunks)
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="import-read")
@@ -151,7 +151,8 @@ class _LazySavePlanner(SavePlanner):
             self._ahead = (index, self._reader.submit(filled))
 
     def close(self) -> None:
-        """Wait for a fill in flight (after a failure, the chunk nobody asked for)."""
+        """Wait for the fill in flight (after a failure, the chunk nobody asked for) and the
+        writebacks started."""
         self._reader.shutdown(wait=True)
         self._writeback.shutdown(wait=True)
 
