@@ -55,7 +55,7 @@ ablate-sft: install
 
 bench: install
 	@set -e; for b in bench/*.py; do \
-	  case $$b in bench/hfgen.py) continue;; esac; \
+	  case $$b in bench/hfgen.py|bench/workers.py) continue;; esac; \
 	  echo "== $$b"; $(PY) $$b; done
 
 clean:

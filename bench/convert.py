@@ -1,8 +1,9 @@
 """Benchmark of HF <-> elama conversion on a generated ~1B-parameter bf16 Llama (500 MB shards):
-import and export time vs the floor, a raw byte copy of the same files (plain file read + write
-through one buffer) in the same run, alternated; peak RSS above each process's baseline vs the
-largest HF shard (import streams tensor by tensor) and vs the model's bytes; and the 70B preset's
-plan of import writes (a meta-device dry run). The export is checked bitwise against the source.
+import and export time vs the floor, a raw byte copy of the same files (plain unbuffered file
+read + write: bench/workers.py's raw_copy) in the same run, alternated; peak RSS above each
+process's baseline vs the largest HF shard (import streams tensor by tensor) and vs the model's
+bytes; and the 70B preset's plan of import writes (a meta-device dry run). The export is
+checked bitwise against the source.
 Usage: python bench/convert.py [--workdir DIR] [--keep]"""
 from __future__ import annotations
 
@@ -17,13 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from hfgen import llama_config, param_count, write_random_llama  # bench/ is the script's directory
+import workers  # bench/ is the script's directory
+from hfgen import llama_config, param_count, write_random_llama
 
 SHARD_BYTES = 500 * 10**6
-# Each run is a fresh subprocess started after a sync, inputs in the page cache, no output on disk.
-# Floor and conversions alternate (each floor run between two of each conversion's); a figure is
+# Each run is a fresh subprocess that loads its modules, then waits while the previous run's
+# output is deleted and synced (bench/workers.py says why in that order); inputs in the page cache.
+# Floor and conversions alternate (a floor run between each two of each conversion's); a figure is
 # the ratio of mean times, so a slow moment on a shared machine weighs on both sides.
-ORDER = ["floor", "import", "export", "floor", "import", "export", "floor"]
+ORDER = ["floor"] + ["import", "export", "floor"] * 3
 
 
 def _rss_kib(field: str) -> int:
@@ -34,21 +37,14 @@ def _rss_kib(field: str) -> int:
 
 
 def _worker_floor(work: Path, out: Path) -> dict:
-    """The HF shards' bytes read once and written once through one reused 16 MB buffer: plain
-    file I/O, no format at all."""
-    out.mkdir()
-    buf = memoryview(bytearray(16 << 20))
-    start = time.perf_counter()
-    for shard in sorted((work / "hf").glob("*.safetensors")):
-        with open(shard, "rb", buffering=0) as src, open(out / shard.name, "wb") as dst:
-            while n := src.readinto(buf):
-                dst.write(buf[:n])
-    return {"seconds": time.perf_counter() - start}
+    """The HF shards' bytes read once and written once with plain file I/O, no format at all."""
+    return {"seconds": workers.raw_copy([], sorted((work / "hf").glob("*.safetensors")), out)}
 
 
 def _worker_import(work: Path, out: Path) -> dict:
     from elama.convert.import_hf import import_hf
 
+    workers.wait_for_go()
     baseline = _rss_kib("VmRSS") * 1024
     start = time.perf_counter()
     import_hf(work / "hf", out, progress=False)
@@ -59,6 +55,7 @@ def _worker_import(work: Path, out: Path) -> dict:
 def _worker_export(work: Path, out: Path) -> dict:
     from elama.convert.export_hf import export_hf
 
+    workers.wait_for_go()
     baseline = _rss_kib("VmRSS") * 1024
     start = time.perf_counter()
     # The bench model's 32k vocabulary is not Llama 3's: weights and configs only.
@@ -74,15 +71,16 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _run(kind: str, work: Path, out: Path, keep: bool = False) -> dict:
-    os.sync()  # no dirty pages from the previous run left to write back during this one
-    proc = subprocess.run([sys.executable, __file__, "--worker", kind, str(work), str(out)],
-                          check=True, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+def _run(kind: str, work: Path, out: Path, stale: Path | None = None) -> dict:
+    """One timed run writing out; `stale` (the previous run's output) is deleted once the worker
+    is ready, then everything is synced: no dirty pages left to write back during this run."""
+    def before() -> None:
+        if stale is not None:
+            shutil.rmtree(stale)
+        os.sync()
+    result = workers.run([sys.executable, __file__, "--worker", kind, str(work), str(out)], before,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     result["out_bytes"] = _dir_bytes(out)
-    if not keep:
-        shutil.rmtree(out)
     return result
 
 
@@ -108,12 +106,15 @@ def _bench(work: Path) -> None:
     print(f"generated {param_count(llama_config()) / 1e9:.3f}B parameters, bf16, {len(shards)} "
           f"shards ({model_bytes / 1e9:.3f} GB) in {time.perf_counter() - start:.1f} s")
     # The checkpoint every export reads, and a check that import + export is bitwise.
-    _run("import", work, work / "elama", keep=True)
-    _run("export", work, work / "hf_out", keep=True)
+    _run("import", work, work / "elama")
+    _run("export", work, work / "hf_out")
     print(f"import + export bitwise identical to the source: {_check_bitwise(hf, work / 'hf_out')} "
           f"tensors; checkpoint {_dir_bytes(work / 'elama') / 1e9:.3f} GB")
-    shutil.rmtree(work / "hf_out")
-    runs = [(kind, _run(kind, work, work / f"run{i}")) for i, kind in enumerate(ORDER)]
+    runs, stale = [], work / "hf_out"
+    for i, kind in enumerate(ORDER):
+        runs.append((kind, _run(kind, work, work / f"run{i}", stale)))
+        stale = work / f"run{i}"
+    shutil.rmtree(stale)
     for kind, r in runs:
         rss = f", peak RSS +{(r['peak_rss'] - r['baseline_rss']) / 1e6:.0f} MB" if kind != "floor" else ""
         print(f"{kind}: {r['seconds']:.2f} s, wrote {r['out_bytes'] / 1e9:.3f} GB{rss}")

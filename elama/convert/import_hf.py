@@ -9,6 +9,7 @@ writer asks for it (elama.convert.dist_writer): memory holds one tensor, whateve
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from elama import checkpoint
 from elama.config import ElamaConfig, ModelConfig
+from elama.parallel.dims import ParallelDims
 from elama.convert.dist_writer import ChunkWrite, sharded_object_bytes, write_dist_checkpoint
 from elama.convert.hf import HFCheckpointReader, check_output_dir, staged_output_dir, tokenizer_hashes
 from elama.convert.mapping import (PRECISION_OF_DTYPE, ConversionError, TensorEntry,
@@ -97,18 +99,18 @@ def _no_data(out):
 def check_against_megatron(m: ModelConfig, writes: list[ChunkWrite]) -> dict[str, bytes]:
     """Build the model on the meta device (no memory) and check that the plan covers exactly
     its sharded tensors, with their global shapes. Returns its sharded objects (the linear layers'
-    extra state), serialised as megatron's torch_dist stores them. Needs a process group."""
+    extra state), serialised as megatron's torch_dist stores them. Needs megatron's groups at
+    tp=pp=1 (`own_world` makes them)."""
     from megatron.core.dist_checkpointing.dict_utils import nested_values
     from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor
 
     from elama.model.llama import transformer_config
-    from elama.parallel.dims import ParallelDims
     from elama.parallel.wrap import build_model_chunks
 
-    single = ParallelDims(tp=1, pp=1, vpp=1, cp=1, dp=1, world_size=1)
+    tc = transformer_config(m, SINGLE, device="cpu")
+    tc.perform_initialization = False  # nothing to initialise on meta; shapes are the same
     with torch.device("meta"):
-        chunks = build_model_chunks(ElamaConfig(model=m), transformer_config(m, single, device="cpu"),
-                                    single)
+        chunks = build_model_chunks(ElamaConfig(model=m), tc, SINGLE)
     state = checkpoint.model_sharded_state_dict(chunks)["model0"]
     planned = {w.key: w.global_shape for w in writes}
     problems, keys, objects = [], set(), {}
@@ -151,17 +153,24 @@ def _maker(reader: HFCheckpointReader, m: ModelConfig, dtype: torch.dtype, progr
     return make
 
 
+SINGLE = ParallelDims(tp=1, pp=1, vpp=1, cp=1, dp=1, world_size=1)
+
+
+def own_world():
+    """megatron's groups for a world of one on torch's fake backend: the import only builds the
+    model on the meta device and writes without collectives, and a fake world is torn down at
+    once (gloo's took 0.12-0.17 s of a 2 s import)."""
+    from elama.parallel.fake import fake_rank
+
+    return fake_rank(SINGLE, 0)
+
+
 def plan_import(m: ModelConfig, dtype: torch.dtype = torch.bfloat16) -> str:
     """The plan of writes of an import of model m, checked against megatron's model on the meta
     device, as text: what `tools/convert_checkpoint.py import --plan` prints."""
-    from elama.parallel import setup
-
     writes = plan_writes(m, dtype)
-    setup.init_single_process()
-    try:
+    with own_world():
         objects = check_against_megatron(m, writes)
-    finally:
-        setup.destroy_distributed()
     by_key: dict[str, list[ChunkWrite]] = {}
     for w in writes:
         by_key.setdefault(w.key, []).append(w)
@@ -190,12 +199,11 @@ def import_hf(src: str | Path, out: str | Path, *, dtype: torch.dtype | None = N
     """Convert the HF Llama directory src into the elama weights checkpoint out.
 
     dtype: weights dtype of the checkpoint (default: the source's; float16 becomes float32).
-    Runs in one process; creates (and tears down) a world of one when no process group exists.
+    Runs in one process; creates (and tears down) a world of one when no process group exists
+    (`own_world`).
     The output appears under its final name only when complete.
     """
     import torch.distributed as dist
-
-    from elama.parallel import setup
 
     start = time.perf_counter()
     src = Path(src)
@@ -209,20 +217,15 @@ def import_hf(src: str | Path, out: str | Path, *, dtype: torch.dtype | None = N
             raise ConversionError(str(src), ["import runs in one process; start it without torchrun"])
         for n in ignored:
             logger.info("ignoring %s: a recomputed buffer, not a weight", n)
-        own_world = not dist.is_initialized()
-        if own_world:
-            setup.init_single_process()
+        world = own_world() if not dist.is_initialized() else contextlib.nullcontext()
         counts = {"params": 0, "bytes": 0}
         bar = tqdm(total=sum(reader.meta(n).nbytes for n in reader.names() if n not in ignored),
                    unit="B", unit_scale=True, desc="import", disable=not progress)
-        try:
+        with world:
             writes = plan_writes(m, dtype, _maker(reader, m, dtype, bar, counts))
             objects = check_against_megatron(m, writes)
             with staged_output_dir(out, force=force) as tmp, bar:
                 _save(writes, objects, tmp, m, src, reader.config)
-        finally:
-            if own_world:
-                setup.destroy_distributed()
         result = ImportResult(Path(out), m, len(reader) - len(ignored), len(ignored),
                               counts["params"], counts["bytes"], time.perf_counter() - start)
     logger.info("imported %s -> %s: %d HF tensors (%d ignored), %d parameters, %.2f GB in %.1f s",

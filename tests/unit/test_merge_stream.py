@@ -53,15 +53,19 @@ def test_chunk_kernels_equal_whole_tensor_kernels_bitwise(models, monkeypatch):
         assert _bitwise_equal(got, merge_linear(wide[0], wide[1], 0.3))
     got = _streamed(stream.task_arithmetic_kernel(weights, 0.7), base, ms, bufs)
     assert _bitwise_equal(got, merge_task_arithmetic(wide[0], wide[1:], weights, 0.7))
+    # One model has a kernel of its own: its weight and alpha are varied (a negative weight
+    # makes -0 task vector entries; alpha 1.0 skips a multiply).
+    cases = [(weights, 0.9)] + ([([-0.75], 1.0), ([0.5], -0.5)] if models == 1 else [])
     for density in (1.0, 0.4):
         taus = [(m - wide[0]).abs() for m in wide[1:]]
         k = math.ceil(density * base.numel())
         thresholds = [None if density == 1.0 else t.kthvalue(t.numel() - k + 1).values.item()
                       for t in taus]
-        got = _streamed(stream.ties_kernel(thresholds, weights, 0.9, bufs), base, ms, bufs)
-        want = merge_ties(wide[0], wide[1:], weights, density, 0.9)
-        assert _bitwise_equal(got, want), (models, density)
-        assert (want == wide[0]).any() and (want != wide[0]).any()  # both cases exercised
+        for w, alpha in cases:
+            got = _streamed(stream.ties_kernel(thresholds, w, alpha, bufs), base, ms, bufs)
+            want = merge_ties(wide[0], wide[1:], w, density, alpha)
+            assert _bitwise_equal(got, want), (models, density, w, alpha)
+            assert (want == wide[0]).any() and (want != wide[0]).any()  # both cases exercised
 
 
 def test_compute_threads_leave_cpus_to_the_io_threads_and_restore():
