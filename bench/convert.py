@@ -29,13 +29,6 @@ SHARD_BYTES = 500 * 10**6
 ORDER = ["floor"] + ["import", "export", "floor"] * 3
 
 
-def _rss_kib(field: str) -> int:
-    """VmRSS (now) or VmHWM (peak) of this process (not ru_maxrss, which Linux carries across
-    exec from the parent)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 def _worker_floor(work: Path, out: Path) -> dict:
     """The HF shards' bytes read once and written once with plain file I/O, no format at all."""
     return {"seconds": workers.raw_copy([], sorted((work / "hf").glob("*.safetensors")), out)}
@@ -45,23 +38,23 @@ def _worker_import(work: Path, out: Path) -> dict:
     from elama.convert.import_hf import import_hf
 
     workers.wait_for_go()
-    baseline = _rss_kib("VmRSS") * 1024
+    baseline = workers.rss_bytes("VmRSS")
     start = time.perf_counter()
     import_hf(work / "hf", out, progress=False)
     return {"seconds": time.perf_counter() - start, "baseline_rss": baseline,
-            "peak_rss": _rss_kib("VmHWM") * 1024}
+            "peak_rss": workers.rss_bytes("VmHWM")}
 
 
 def _worker_export(work: Path, out: Path) -> dict:
     from elama.convert.export_hf import export_hf
 
     workers.wait_for_go()
-    baseline = _rss_kib("VmRSS") * 1024
+    baseline = workers.rss_bytes("VmRSS")
     start = time.perf_counter()
     # The bench model's 32k vocabulary is not Llama 3's: weights and configs only.
     export_hf(work / "elama", out, with_tokenizer=False, max_shard_bytes=SHARD_BYTES, progress=False)
     return {"seconds": time.perf_counter() - start, "baseline_rss": baseline,
-            "peak_rss": _rss_kib("VmHWM") * 1024}
+            "peak_rss": workers.rss_bytes("VmHWM")}
 
 
 WORKERS = {"floor": _worker_floor, "import": _worker_import, "export": _worker_export}

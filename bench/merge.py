@@ -40,23 +40,16 @@ def _worker_raw(base: Path, adapted: Path, out: Path) -> dict:
                                         sorted(base.glob("*.safetensors")), out)}
 
 
-def _rss_kib(field: str) -> int:
-    """VmRSS (now) or VmHWM (peak) of this process. Not getrusage's ru_maxrss: Linux carries
-    that across exec from the parent, so a child of a big process starts with the parent's peak."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 def _worker_merge(method: str, base: Path, adapted: Path, out: Path) -> dict:
     from elama.merge import MergeSpec, merge_checkpoints
 
     workers.wait_for_go()
-    baseline = _rss_kib("VmRSS") * 1024
+    baseline = workers.rss_bytes("VmRSS")
     start = time.perf_counter()
     merge_checkpoints(base, [adapted], out, MergeSpec(method, **METHODS[method]),
                       max_shard_bytes=SHARD_BYTES, progress=False)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "baseline_rss": baseline, "peak_rss": _rss_kib("VmHWM") * 1024}
+    return {"seconds": seconds, "baseline_rss": baseline, "peak_rss": workers.rss_bytes("VmHWM")}
 
 
 def _worker_read(base: Path, adapted: Path, out: Path) -> dict:

@@ -55,6 +55,14 @@ def run(argv: list[str], before: Callable[[], None], env: dict | None = None) ->
     return json.loads(out.strip().splitlines()[-1])
 
 
+def rss_bytes(field: str) -> int:
+    """Worker side: VmRSS (now) or VmHWM (peak) of this process, in bytes. Not getrusage's
+    ru_maxrss: Linux carries that across exec from the parent, so a child of a big process
+    starts with the parent's peak."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) * 1024
+
+
 def raw_copy(read: list, copy: list, out) -> float:
     """The I/O floor, worker side: read every file in `read`, read and write every file in `copy`
     into the directory `out` with plain unbuffered file I/O through one 64 MB buffer (its pages

@@ -21,14 +21,16 @@ from tqdm import tqdm
 
 from elama import checkpoint
 from elama.config import ElamaConfig, ModelConfig
-from elama.parallel.dims import ParallelDims
 from elama.convert.dist_writer import ChunkWrite, sharded_object_bytes, write_dist_checkpoint
 from elama.convert.hf import HFCheckpointReader, check_output_dir, staged_output_dir, tokenizer_hashes
 from elama.convert.mapping import (PRECISION_OF_DTYPE, ConversionError, TensorEntry,
                                    build_name_table, hf_tensor_shapes,
                                    is_ignored_hf_tensor, model_config_from_hf)
+from elama.parallel.dims import ParallelDims
 
 logger = logging.getLogger(__name__)
+SINGLE = ParallelDims(tp=1, pp=1, vpp=1, cp=1, dp=1, world_size=1)  # an import's one process
+
 
 @dataclass(frozen=True)
 class ImportResult:
@@ -151,9 +153,6 @@ def _maker(reader: HFCheckpointReader, m: ModelConfig, dtype: torch.dtype, progr
             progress.update(nbytes)
         return fill
     return make
-
-
-SINGLE = ParallelDims(tp=1, pp=1, vpp=1, cp=1, dp=1, world_size=1)
 
 
 def own_world():
